@@ -1,0 +1,31 @@
+"""Exceptions the CLI turns into one-line messages and exit codes instead of tracebacks."""
+
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    """An error the user can act on; the CLI prints it on one line and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class UsageError(HarnessError):
+    """Bad input from the user: a malformed suite, an unknown component, an unreadable file."""
+
+    exit_code = 2
+
+
+class ValidationError(UsageError):
+    """A file failed validation; ``problems`` holds one message per problem found."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{source}: {len(problems)} {noun}: " + "; ".join(problems))
+
+
+class PluginError(HarnessError):
+    """A plugin is broken: a duplicate component, a hook that matches no spec, a failed import."""
+
+    exit_code = 2

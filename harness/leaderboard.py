@@ -1,0 +1,179 @@
+"""The standardized leaderboard CSV: its schema, and validated reading and atomic writing.
+
+The columns and their meaning are documented in the README ("Leaderboard columns"). Plugins' extra
+metrics follow the fixed columns as ``metric_<name>``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import UsageError, ValidationError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCHEMA_VERSION = 1
+KEY = ["dataset", "model", "defense", "attack", "norm", "eps", "seed"]
+STATUSES = ("ok", "skipped", "error")
+METRIC_PREFIX = "metric_"
+COMPONENT_KINDS = ("dataset", "model", "defense", "attack")
+
+RESULT_COLUMNS = [
+    "schema_version", "suite", "dataset", "model", "defense", "attack", "norm", "eps", "seed",
+    "n_samples", "clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low",
+    "robust_accuracy_ci_high", "attack_success_rate", "mean_perturbation_l2",
+    "median_perturbation_l2", "max_perturbation_linf", "train_seconds", "attack_seconds",
+    "status", "message", "cell_id",
+]  # fmt: skip
+PROVENANCE_COLUMNS = [
+    *(f"{kind}_{field}" for kind in COMPONENT_KINDS for field in ("params", "plugin", "distribution", "version")),
+    "harness_version", "torch_version", "numpy_version", "art_version", "python_version",
+    "device", "created_at",
+]  # fmt: skip
+COLUMNS = RESULT_COLUMNS + PROVENANCE_COLUMNS
+
+INTEGER_COLUMNS = ["schema_version", "seed", "n_samples"]
+FLOAT_COLUMNS = [
+    "eps", "clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low", "robust_accuracy_ci_high",
+    "attack_success_rate", "mean_perturbation_l2", "median_perturbation_l2",
+    "max_perturbation_linf", "train_seconds", "attack_seconds",
+]  # fmt: skip
+FRACTION_COLUMNS = [
+    "clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low", "robust_accuracy_ci_high", "attack_success_rate",
+]  # fmt: skip
+REQUIRED_WHEN_OK = ["clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low", "robust_accuracy_ci_high"]
+TEXT_COLUMNS = [c for c in COLUMNS if c not in INTEGER_COLUMNS + FLOAT_COLUMNS]
+TOLERANCE = 1e-9
+
+
+def metric_columns(columns: Iterable[str]) -> list[str]:
+    return [c for c in columns if c.startswith(METRIC_PREFIX)]
+
+
+def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows as a DataFrame with the schema's columns in order, extra metric columns last."""
+    import pandas as pd
+
+    frame = pd.DataFrame(list(rows))
+    extra = sorted(set(metric_columns(frame.columns)))
+    return frame.reindex(columns=COLUMNS + extra)
+
+
+def write_leaderboard(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
+    """Write rows atomically: readers see the old file or the new one, never half of one."""
+    frame = to_frame(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as out:
+            frame.to_csv(out, index=False)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_leaderboard(path: Path) -> pd.DataFrame:
+    """Read and validate a leaderboard; raise :class:`ValidationError` naming every problem."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype={c: "string" for c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such leaderboard file") from None
+    except pd.errors.EmptyDataError:
+        raise ValidationError(str(path), ["the file is empty (expected a header row)"]) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
+        raise ValidationError(str(path), [f"not a readable CSV: {' '.join(str(exc).split())}"]) from None
+    problems = validate_frame(frame)
+    if problems:
+        raise ValidationError(str(path), problems)
+    return frame
+
+
+def validate_frame(frame: pd.DataFrame) -> list[str]:
+    """One message per problem; converts numeric columns of ``frame`` in place."""
+    import pandas as pd
+
+    columns = list(frame.columns)
+    missing = [c for c in COLUMNS if c not in columns]
+    if missing:
+        return [f"missing columns: {', '.join(missing)}"]
+    unknown = [c for c in columns if c not in COLUMNS and not c.startswith(METRIC_PREFIX)]
+    if unknown:
+        return [f"unknown columns: {', '.join(unknown)} (extra metrics must start with '{METRIC_PREFIX}')"]
+    if columns[: len(COLUMNS)] != COLUMNS:
+        return ["columns are not in the schema's order (see the README, 'Leaderboard columns')"]
+
+    problems: list[str] = []
+
+    def line(index: Any) -> int:
+        return int(index) + 2  # header is line 1
+
+    for column in INTEGER_COLUMNS + FLOAT_COLUMNS + metric_columns(columns):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & frame[column].notna()
+        if bad.any():
+            rows = ", ".join(str(line(i)) for i in frame.index[bad][:5])
+            problems.append(f"column '{column}' has non-numeric values (lines {rows})")
+        if column in INTEGER_COLUMNS:
+            if values.isna().any():
+                rows = ", ".join(str(line(i)) for i in frame.index[values.isna()][:5])
+                problems.append(f"column '{column}' must be an integer on every row (lines {rows})")
+            elif not (values == values.round()).all():
+                problems.append(f"column '{column}' must hold integers")
+        frame[column] = values
+    if problems:
+        return problems
+
+    versions = set(frame["schema_version"].dropna().astype(int))
+    if versions - {SCHEMA_VERSION}:
+        found = ", ".join(str(v) for v in sorted(versions))
+        return [f"unsupported schema_version {found} (this harness reads version {SCHEMA_VERSION})"]
+
+    bad_status = ~frame["status"].isin(STATUSES)
+    if bad_status.any():
+        rows = ", ".join(str(line(i)) for i in frame.index[bad_status][:5])
+        problems.append(f"column 'status' must be one of {', '.join(STATUSES)} (lines {rows})")
+    for column in ("suite", "dataset", "model", "defense", "attack", "norm", "cell_id"):
+        empty = frame[column].isna() | (frame[column] == "")
+        if empty.any():
+            problems.append(f"column '{column}' is empty on lines {', '.join(str(line(i)) for i in frame.index[empty][:5])}")
+
+    ok = frame["status"] == "ok"
+    for column in REQUIRED_WHEN_OK:
+        gap = ok & frame[column].isna()
+        if gap.any():
+            problems.append(f"column '{column}' is empty on ok lines {', '.join(str(line(i)) for i in frame.index[gap][:5])}")
+    for column in FRACTION_COLUMNS:
+        out = (frame[column] < -TOLERANCE) | (frame[column] > 1 + TOLERANCE)
+        if out.any():
+            problems.append(f"column '{column}' must lie in [0, 1] (lines {', '.join(str(line(i)) for i in frame.index[out][:5])})")
+    checks = {
+        "robust_accuracy exceeds clean_accuracy": frame["robust_accuracy"] > frame["clean_accuracy"] + TOLERANCE,
+        "robust_accuracy lies outside its confidence interval": (
+            (frame["robust_accuracy"] < frame["robust_accuracy_ci_low"] - TOLERANCE)
+            | (frame["robust_accuracy"] > frame["robust_accuracy_ci_high"] + TOLERANCE)
+        ),
+        "eps is negative": frame["eps"] < 0,
+        "n_samples is not positive": frame["n_samples"] <= 0,
+    }
+    for message, bad in checks.items():
+        if bad.any():
+            problems.append(f"{message} on lines {', '.join(str(line(i)) for i in frame.index[bad][:5])}")
+
+    duplicated = frame.duplicated(subset=KEY, keep=False)
+    if duplicated.any():
+        problems.append(
+            f"duplicate entries for ({', '.join(KEY)}) on lines {', '.join(str(line(i)) for i in frame.index[duplicated][:5])}"
+        )
+    if frame["cell_id"].duplicated().any():
+        problems.append("column 'cell_id' has duplicates")
+    return problems

@@ -1,0 +1,207 @@
+"""Running a suite: plan the cells, skip the completed ones, compute the rest, persist each at once.
+
+The leaderboard CSV is the run's state: every finished cell is written to it atomically before the
+next one starts, so a killed run loses nothing, and a re-run computes only the missing cells
+(``ok`` and ``skipped`` rows are complete; ``error`` rows are retried).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harness.leaderboard import SCHEMA_VERSION, read_leaderboard, write_leaderboard
+from harness.registry import Registry
+from harness.suite import Cell, Suite
+
+COMPLETE = ("ok", "skipped")
+T = TypeVar("T")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("HARNESS_CACHE_DIR") or Path(base) / "harness" / "models")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("HARNESS_DATA_DIR") or Path(base) / "harness" / "data")
+
+
+@dataclass
+class RunOptions:
+    output: Path
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    data_dir: Path = field(default_factory=default_data_dir)
+    device: str = "auto"
+    force: bool = False
+    progress: bool | None = None
+    """Show progress bars; None shows them when stderr is a terminal."""
+
+
+@dataclass
+class RunSummary:
+    output: Path
+    computed: int
+    reused: int
+    counts: Counter[str]
+    seconds: float
+
+
+def _grouped(items: Iterable[T], key: Callable[[T], Hashable]) -> list[list[T]]:
+    """Items grouped by key, groups in order of first appearance."""
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return list(groups.values())
+
+
+def component_provenance(cell: Cell) -> dict[str, Any]:
+    row = {}
+    for kind in ("dataset", "model", "defense", "attack"):
+        entry = getattr(cell, kind)
+        row[f"{kind}_params"] = entry.params_json
+        row[f"{kind}_plugin"] = entry.component.plugin
+        row[f"{kind}_distribution"] = entry.component.distribution
+        row[f"{kind}_version"] = entry.component.version
+    return row
+
+
+def base_row(cell: Cell) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "suite": cell.suite,
+        "dataset": cell.dataset.label,
+        "model": cell.model.label,
+        "defense": cell.defense.label,
+        "attack": cell.attack.label,
+        "norm": cell.attack.params["norm"],
+        "eps": cell.eps,
+        "seed": cell.seed,
+        "n_samples": cell.n_samples,
+        "cell_id": cell.cell_id,
+        **component_provenance(cell),
+    }
+
+
+def run_suite(
+    suite: Suite, registry: Registry, options: RunOptions, warn: Callable[[str], None] | None = None
+) -> RunSummary:
+    """Compute every missing cell of ``suite`` into ``options.output``."""
+    started = time.perf_counter()
+    cells = suite.cells()
+    ids = {cell.cell_id for cell in cells}
+    rows: dict[str, dict[str, Any]] = {}
+    stale = 0
+    if options.output.exists() and not options.force:
+        for record in read_leaderboard(options.output).to_dict("records"):
+            if record["cell_id"] in ids and record["status"] in COMPLETE:
+                rows[record["cell_id"]] = record
+            elif record["cell_id"] not in ids:
+                stale += 1
+    pending = [cell for cell in cells if cell.cell_id not in rows]
+    reused = len(rows)
+
+    def persist() -> None:
+        write_leaderboard([rows[c.cell_id] for c in cells if c.cell_id in rows], options.output)
+
+    if stale:
+        (warn or _stderr)(f"dropping {stale} rows of {options.output} that are not cells of suite '{suite.name}'")
+    if pending:
+        _compute(suite, registry, options, pending, rows, persist, warn)
+    elif stale or options.force:
+        persist()
+    final = [rows[c.cell_id] for c in cells if c.cell_id in rows]
+    registry.hook.suite_finished(suite=suite, rows=final)
+    return RunSummary(
+        output=options.output,
+        computed=len(pending),
+        reused=reused,
+        counts=Counter(row["status"] for row in final),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _compute(
+    suite: Suite,
+    registry: Registry,
+    options: RunOptions,
+    pending: list[Cell],
+    rows: dict[str, dict[str, Any]],
+    persist: Callable[[], None],
+    warn: Callable[[str], None] | None,
+) -> None:
+    from tqdm.auto import tqdm
+
+    from harness import execute
+
+    show = sys.stderr.isatty() if options.progress is None else options.progress
+    say = warn or tqdm.write
+
+    def progress(iterable: Iterable[Any], description: str) -> Iterable[Any]:
+        return tqdm(iterable, desc=description, leave=False, disable=not show, file=sys.stderr)
+
+    device = execute.resolve_device(options.device)
+    environment = execute.environment_provenance(device)
+    executor = execute.Executor(
+        registry=registry,
+        device=device,
+        cache=execute.CheckpointCache(options.cache_dir, say),
+        data_dir=options.data_dir,
+        batch_size=suite.batch_size,
+        progress=progress,
+        warn=say,
+        metric_entries=suite.metrics,
+    )
+    registry.hook.suite_started(suite=suite, cells=pending)
+    bar = tqdm(total=len(pending), desc=suite.name, unit="cell", disable=not show, file=sys.stderr)
+
+    def finish(cell: Cell, status: str, message: str, result: dict[str, Any]) -> None:
+        row = {
+            **base_row(cell),
+            **result,
+            "status": status,
+            "message": message,
+            **environment,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        rows[cell.cell_id] = row
+        persist()
+        registry.hook.cell_finished(cell=cell, row=row)
+        bar.update()
+
+    def started(cell: Cell) -> None:
+        bar.set_postfix_str(cell.describe())
+        registry.hook.cell_started(cell=cell)
+
+    try:
+        for group in _grouped(pending, key=lambda c: c.training_key):
+            for cells in _grouped(group, key=lambda c: c.attack.label):
+                done: set[str] = set()
+                try:
+                    for cell, result in executor.attack_cells(cells, on_start=started):
+                        finish(cell, "ok", "", result)
+                        done.add(cell.cell_id)
+                except execute.Skip as skip:
+                    for cell in cells:
+                        if cell.cell_id not in done:
+                            finish(cell, "skipped", skip.reason, {})
+                except Exception as exc:
+                    message = execute.one_line(exc)
+                    say(f"error in {cells[0].describe()}: {message}")
+                    for cell in cells:
+                        if cell.cell_id not in done:
+                            finish(cell, "error", message, {})
+    finally:
+        bar.close()
+
+
+def _stderr(message: str) -> None:
+    print(f"harness: {message}", file=sys.stderr)

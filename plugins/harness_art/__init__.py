@@ -1,0 +1,26 @@
+"""FGSM and PGD from the Adversarial Robustness Toolbox (ART), for the Linf and L2 threat models."""
+
+from __future__ import annotations
+
+from harness.hookspecs import hookimpl
+from harness.registry import RegisterFunction
+
+NORMS = ("linf", "l2")
+
+
+@hookimpl
+def register_attacks(register: RegisterFunction) -> None:
+    register(
+        "fgsm",
+        "harness_art.attacks:FGSM",
+        params={"norm": "linf", "num_random_init": 0, "batch_size": 256},
+        choices={"norm": NORMS},
+        description="ART FastGradientMethod: one signed (Linf) or normalised (L2) gradient step of size eps",
+    )
+    register(
+        "pgd",
+        "harness_art.attacks:PGD",
+        params={"norm": "linf", "eps_step": None, "max_iter": 40, "num_random_init": 0, "batch_size": 256},
+        choices={"norm": NORMS},
+        description="ART ProjectedGradientDescentPyTorch; eps_step defaults to 2.5 * eps / max_iter (Madry et al.)",
+    )
