@@ -88,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{summary.reused} already done): {counts} in {summary.seconds:.1f}s -> {summary.output}"
     )
     if summary.counts.get("error"):
-        print(f"harness: {summary.counts['error']} cells failed; see the 'message' column", file=sys.stderr)
+        print(f"harness: {summary.counts['error']} failed cells; see their 'message' column", file=sys.stderr)
         return 1
     return 0
 
@@ -131,7 +131,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         ).reset_index()
     if args.sort not in table.columns:
         raise UsageError(f"cannot sort by '{args.sort}' (columns: {', '.join(table.columns)})")
-    table = table.sort_values(args.sort, ascending=args.ascending, kind="stable")
+    # Rank within each threat setting: entries are comparable only at the same norm and eps.
+    setting = ["dataset", "norm", "eps"]
+    table = table.sort_values([*setting, args.sort], ascending=[True, True, True, args.ascending], kind="stable")
+    table.insert(0, "rank", table.groupby(setting, dropna=False).cumcount() + 1)
     with pd.option_context("display.width", 200, "display.max_rows", None, "display.max_columns", None):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     hidden = len(frame) - len(_filtered(frame, argparse.Namespace(**{**vars(args), "status": "all"})))

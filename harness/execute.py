@@ -152,6 +152,7 @@ class Executor:
 
     def _train(self, cell: Cell) -> tuple[Model, float]:
         data = self.dataset(cell.dataset)
+        seed_everything(cell.seed)  # before building: initial weights depend on it
         model = cell.model.component.build(cell.model.params, input_shape=data.input_shape, num_classes=data.num_classes)
         model = _built(model, Model, f"model '{cell.model.label}'")
         defense = _built(cell.defense.component.build(cell.defense.params), Defense, f"defense '{cell.defense.label}'")
@@ -160,7 +161,6 @@ class Executor:
             raise Skip(f"defense '{cell.defense.label}' needs {', '.join(missing)}, which model '{cell.model.label}' lacks")
         train_seconds = self.cache.load(cell.training_key, cell.training_config, model)
         if train_seconds is None:
-            seed_everything(cell.seed)
             ctx = TrainContext(
                 seed=cell.seed,
                 device=self.device,

@@ -224,6 +224,8 @@ def load_plugins(plugin_args: Iterable[str] = ()) -> Registry:
         raise PluginError(_one_line(exc)) from None
 
     for plugin_name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked
+            continue
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
         info = infos[plugin_name]
         infos[plugin_name] = PluginInfo(info.name, info.distribution, info.version, hooks)

@@ -91,8 +91,15 @@ def base_row(cell: Cell) -> dict[str, Any]:
     }
 
 
+def warn_on_stderr(message: str) -> None:
+    """Print a warning without breaking the progress bars."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"harness: warning: {message}", file=sys.stderr)
+
+
 def run_suite(
-    suite: Suite, registry: Registry, options: RunOptions, warn: Callable[[str], None] | None = None
+    suite: Suite, registry: Registry, options: RunOptions, warn: Callable[[str], None] = warn_on_stderr
 ) -> RunSummary:
     """Compute every missing cell of ``suite`` into ``options.output``."""
     started = time.perf_counter()
@@ -113,7 +120,7 @@ def run_suite(
         write_leaderboard([rows[c.cell_id] for c in cells if c.cell_id in rows], options.output)
 
     if stale:
-        (warn or _stderr)(f"dropping {stale} rows of {options.output} that are not cells of suite '{suite.name}'")
+        warn(f"dropping {stale} rows of {options.output} that are not cells of suite '{suite.name}'")
     if pending:
         _compute(suite, registry, options, pending, rows, persist, warn)
     elif stale or options.force:
@@ -136,14 +143,13 @@ def _compute(
     pending: list[Cell],
     rows: dict[str, dict[str, Any]],
     persist: Callable[[], None],
-    warn: Callable[[str], None] | None,
+    warn: Callable[[str], None],
 ) -> None:
     from tqdm.auto import tqdm
 
     from harness import execute
 
     show = sys.stderr.isatty() if options.progress is None else options.progress
-    say = warn or tqdm.write
 
     def progress(iterable: Iterable[Any], description: str) -> Iterable[Any]:
         return tqdm(iterable, desc=description, leave=False, disable=not show, file=sys.stderr)
@@ -153,11 +159,11 @@ def _compute(
     executor = execute.Executor(
         registry=registry,
         device=device,
-        cache=execute.CheckpointCache(options.cache_dir, say),
+        cache=execute.CheckpointCache(options.cache_dir, warn),
         data_dir=options.data_dir,
         batch_size=suite.batch_size,
         progress=progress,
-        warn=say,
+        warn=warn,
         metric_entries=suite.metrics,
     )
     registry.hook.suite_started(suite=suite, cells=pending)
@@ -195,13 +201,9 @@ def _compute(
                             finish(cell, "skipped", skip.reason, {})
                 except Exception as exc:
                     message = execute.one_line(exc)
-                    say(f"error in {cells[0].describe()}: {message}")
+                    warn(f"error in {cells[0].describe()}: {message}")
                     for cell in cells:
                         if cell.cell_id not in done:
                             finish(cell, "error", message, {})
     finally:
         bar.close()
-
-
-def _stderr(message: str) -> None:
-    print(f"harness: {message}", file=sys.stderr)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+SHARED = ROOT.parent / "shared"
+
+TINY_SUITE = """
+name = "tiny"
+seeds = [0]
+n_samples = 60
+batch_size = 32
+
+[[datasets]]
+name = "digits"
+test_size = 100
+
+[[models]]
+name = "mlp"
+hidden = [32]
+epochs = 2
+
+[[attacks]]
+name = "fgsm"
+eps = [0.1, 0.3]
+
+[[attacks]]
+name = "pgd"
+max_iter = 5
+eps = [0.1, 0.3]
+"""
+
+
+@pytest.fixture
+def write_suite(tmp_path):
+    def write(text: str = TINY_SUITE, name: str = "suite.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli(capsys, tmp_path, monkeypatch):
+    """Run the CLI in-process; returns (exit code, stdout, stderr). Uses a private model cache."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env["HARNESS_CACHE_DIR"] = str(tmp_path / "cache")
+    return env
+
+
+def run_harness(tmp_path: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *map(str, args)],
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )

@@ -1,0 +1,112 @@
+"""ART-backed attacks: threat-model sanity on a trained classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.contracts import TrainContext, perturbation_norms
+from harness.training import predict_batched, seed_everything
+from harness_art.attacks import FGSM, PGD
+from harness_classifiers.models import MLP, SmallCNN
+from harness_datasets.loaders import load_digits
+
+CPU = torch.device("cpu")
+
+
+def context(seed: int = 0) -> TrainContext:
+    def unavailable(*_):
+        raise AssertionError("not used")
+
+    return TrainContext(seed=seed, device=CPU, progress=lambda it, _: it, build_attack=unavailable, teacher=unavailable)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(Path("."), size=8, test_size=500)
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(digits):
+    seed_everything(0)
+    model = MLP(digits.input_shape, 10, hidden=[64], epochs=8, batch_size=64, lr=1e-3)
+    model.fit(digits, context())
+    return model
+
+
+def accuracy(model, x, y):
+    return (predict_batched(model, x, CPU) == y).double().mean().item()
+
+
+def test_classifier_training_learns_digits(trained_mlp, digits):
+    assert accuracy(trained_mlp, digits.x_test, digits.y_test) > 0.9
+    assert not trained_mlp.training
+
+
+def test_cnn_builds_for_any_image_size():
+    for shape in ((1, 8, 8), (1, 28, 28), (3, 5, 7), (1, 1, 1)):
+        model = SmallCNN(shape, 10, channels=[4, 8], hidden=16, epochs=1, batch_size=8, lr=1e-3)
+        assert model.logits(torch.rand(3, *shape)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("attack", [FGSM("linf", 0, 64), FGSM("l2", 0, 64), PGD("linf", None, 10, 1, 64), PGD("l2", None, 10, 0, 64)])
+@pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
+def test_perturbations_respect_the_threat_model(trained_mlp, digits, attack, eps):
+    x, y = digits.x_test[:100], digits.y_test[:100]
+    before = x.clone()
+    result = attack.run(trained_mlp, x, y, eps)
+    assert torch.equal(x, before), "the attack modified its input"
+    assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    assert torch.all(result.norms <= eps + 1e-5)
+    torch.testing.assert_close(result.norms, perturbation_norms(result.x_adv - x, attack.norm))
+    if eps == 0:
+        assert torch.equal(result.x_adv, x)
+
+
+def test_pgd_is_stronger_than_fgsm_and_accuracy_falls_with_eps(trained_mlp, digits):
+    x, y = digits.x_test, digits.y_test
+    clean = accuracy(trained_mlp, x, y)
+    previous = clean
+    for eps in (0.05, 0.1, 0.2):
+        seed_everything(0)
+        fgsm = accuracy(trained_mlp, FGSM("linf", 0, 256).run(trained_mlp, x, y, eps).x_adv, y)
+        pgd = accuracy(trained_mlp, PGD("linf", None, 20, 0, 256).run(trained_mlp, x, y, eps).x_adv, y)
+        assert pgd <= fgsm <= clean
+        assert pgd <= previous
+        previous = pgd
+    assert previous < 0.5 * clean
+
+
+def test_pgd_uses_arts_pytorch_implementation(trained_mlp):
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+
+    pgd = PGD("linf", None, 40, 0, 32)
+    art_attack = pgd.art_attack(pgd.classifier(trained_mlp, CPU), 0.1)
+    assert type(art_attack) is ProjectedGradientDescentPyTorch
+    assert art_attack.eps_step == pytest.approx(2.5 * 0.1 / 40)
+
+
+def test_parameters_are_frozen_during_the_attack_and_restored(trained_mlp, digits, monkeypatch):
+    seen = []
+    original = trained_mlp.logits
+
+    def spy(x):
+        seen.append(any(p.requires_grad for p in trained_mlp.parameters()))
+        return original(x)
+
+    monkeypatch.setattr(trained_mlp, "logits", spy)
+    PGD("linf", None, 3, 0, 64).run(trained_mlp, digits.x_test[:10], digits.y_test[:10], 0.1)
+    assert seen and not any(seen)
+    assert all(p.requires_grad for p in trained_mlp.parameters())
+
+
+def test_same_seed_same_adversarial_examples(trained_mlp, digits):
+    x, y = digits.x_test[:50], digits.y_test[:50]
+    outputs = []
+    for _ in range(2):
+        seed_everything(7)
+        outputs.append(PGD("linf", None, 5, 1, 64).run(trained_mlp, x, y, 0.1).x_adv)
+    assert torch.equal(outputs[0], outputs[1])
