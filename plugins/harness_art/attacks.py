@@ -48,6 +48,7 @@ class ARTAttack(Attack):
                 input_shape=model.input_shape,
                 nb_classes=model.num_classes,
                 clip_values=(0.0, 1.0),
+                preprocessing=None,  # no identity standardisation op in every gradient step
                 device_type="gpu" if device.type == "cuda" else "cpu",
             )
             self._wrapped = (model, estimator)

@@ -1,0 +1,108 @@
+"""The light commands (plugins, show, compare, validate) and their start-up cost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from harness.leaderboard import read_leaderboard, write_leaderboard
+
+
+@pytest.fixture(scope="module")
+def leaderboard(tmp_path_factory):
+    """A real leaderboard from a tiny run, shared by the tests of this module."""
+    from harness.cli import main
+
+    from conftest import TINY_SUITE
+
+    directory = tmp_path_factory.mktemp("lb")
+    suite = directory / "tiny.toml"
+    suite.write_text(TINY_SUITE.replace("seeds = [0]", "seeds = [0, 1]"))
+    assert main(["run", str(suite), "--cache-dir", str(directory / "cache")]) == 0
+    return suite.with_suffix(".csv")
+
+
+LIGHT_COMMANDS = [
+    ["--help"],
+    ["show", "{csv}"],
+    ["compare", "{csv}", "{csv}"],
+    ["validate", "{csv}"],
+    ["validate", str(ROOT / "leaderboards" / "digits.toml")],
+]
+
+
+@pytest.mark.parametrize("command", LIGHT_COMMANDS, ids=lambda c: " ".join(c[:2]).replace("{csv}", "csv"))
+def test_light_commands_do_not_import_torch_or_art(leaderboard, command):
+    args = [a.format(csv=leaderboard) for a in command]
+    code = (
+        "import sys\nfrom harness.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'art', 'sklearn') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)"
+    )
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    assert "HEAVY []" in result.stderr, result.stderr
+    assert elapsed < 5, f"{args} took {elapsed:.2f}s"  # generous: the start-up is measured in the benchmarks
+
+
+def test_plugins_json_lists_distributions_and_components(cli):
+    code, out, _ = cli("plugins", "--json")
+    assert code == 0
+    listing = {p["name"]: p for p in json.loads(out)}
+    assert listing["art"]["distribution"] == "robustness-harness"
+    assert listing["art"]["components"] == {"attack": ["fgsm", "pgd"]}
+    assert listing["classifiers"]["hooks"] == ["register_models"]
+    code, out, _ = cli("plugins")
+    assert code == 0 and "pgd: ART ProjectedGradientDescentPyTorch" in out
+
+
+def test_show_ranks_within_each_threat_setting(cli, leaderboard):
+    code, out, _ = cli("show", leaderboard)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["rank", "dataset", "model"]
+    rows = [line.split() for line in lines[1:]]
+    assert len(rows) == 4 and all(r[7] == "2" for r in rows)  # two seeds averaged
+    assert [r[0] for r in rows] == ["1", "2", "1", "2"]
+    code, out, _ = cli("show", leaderboard, "--attack", "pgd", "--per-seed", "--eps", "0.3")
+    assert code == 0 and len(out.splitlines()) == 3 and "fgsm" not in out
+    code, _, err = cli("show", leaderboard, "--sort", "nope")
+    assert code == 2 and "cannot sort by 'nope'" in err
+
+
+def test_compare_aligns_entries_and_lists_one_sided_ones(cli, leaderboard, tmp_path):
+    frame = read_leaderboard(leaderboard)
+    changed = frame.copy()
+    best = frame["robust_accuracy"].idxmax()
+    assert frame.loc[best, "robust_accuracy"] >= 0.125
+    changed.loc[best, "robust_accuracy"] -= 0.125
+    changed.loc[best, "robust_accuracy_ci_low"] = 0.0
+    changed = changed.drop(index=[3 if best != 3 else 2])
+    other = tmp_path / "other.csv"
+    write_leaderboard(changed.to_dict("records"), other)
+    code, out, _ = cli("compare", leaderboard, other)
+    assert code == 0
+    assert "robust_accuracy_diff" in out and "-0.1250" in out
+    assert "only in A (1):" in out and "only in B" not in out
+
+
+def test_compare_reports_mismatched_schema_versions(cli, leaderboard, tmp_path):
+    frame = read_leaderboard(leaderboard).assign(schema_version=2)
+    future = tmp_path / "future.csv"
+    frame.to_csv(future, index=False)
+    code, _, err = cli("compare", leaderboard, future)
+    assert code == 1 and "schema versions differ" in err and "has 1" in err and "has 2" in err
+
+
+def test_corrupt_csv_as_run_output_is_a_clean_error(cli, write_suite, tmp_path):
+    output = tmp_path / "broken.csv"
+    output.write_text("not,a\nleaderboard,at all\n")
+    code, _, err = cli("run", write_suite(), "--output", output)
+    assert code == 2 and "missing columns" in err and "Traceback" not in err
