@@ -137,7 +137,6 @@ class Executor:
     data_dir: Path
     batch_size: int
     progress: Progress
-    warn: Callable[[str], None]
     metric_entries: tuple[Entry, ...] = ()
     _datasets: dict[str, Dataset] = field(default_factory=dict)
     _trained: dict[str, TrainedModel] = field(default_factory=dict)

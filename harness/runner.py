@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness.errors import ValidationError
 from harness.leaderboard import SCHEMA_VERSION, read_leaderboard, write_leaderboard
 from harness.registry import Registry
 from harness.suite import Cell, Suite
@@ -108,7 +109,11 @@ def run_suite(
     rows: dict[str, dict[str, Any]] = {}
     stale = 0
     if options.output.exists() and not options.force:
-        for record in read_leaderboard(options.output).to_dict("records"):
+        try:
+            existing = read_leaderboard(options.output)
+        except ValidationError as exc:
+            raise ValidationError(exc.source, [*exc.problems, "fix the file or run with --force to overwrite it"]) from None
+        for record in existing.to_dict("records"):
             if record["cell_id"] in ids and record["status"] in COMPLETE:
                 rows[record["cell_id"]] = record
             elif record["cell_id"] not in ids:
@@ -163,7 +168,6 @@ def _compute(
         data_dir=options.data_dir,
         batch_size=suite.batch_size,
         progress=progress,
-        warn=warn,
         metric_entries=suite.metrics,
     )
     registry.hook.suite_started(suite=suite, cells=pending)

@@ -34,6 +34,29 @@ class Exploding(Attack):
         raise RuntimeError("kaboom\nsecond line")
 
 
+class FgsmLineSearch(Attack):
+    """Minimal-norm: the smallest Linf step along the gradient sign (on a grid) that flips the label."""
+
+    minimal_norm = True
+    runs = 0
+
+    def perturb(self, model, x, y, eps):
+        assert eps is None
+        FgsmLineSearch.runs += 1
+        x_var = x.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model.logits(x_var), y)
+        (direction,) = torch.autograd.grad(loss, x_var)
+        best = x.clone()
+        found = torch.zeros(len(x), dtype=torch.bool)
+        for step in torch.linspace(0.01, 1.0, 100):
+            candidate = (x + step * direction.sign()).clamp(0, 1)
+            with torch.no_grad():
+                flipped = (model.logits(candidate).argmax(1) != y) & ~found
+            best[flipped] = candidate[flipped]
+            found |= flipped
+        return best
+
+
 class MeanAbsolutePerturbation(Metric):
     def compute(self, model, x, y, x_adv) -> float:
         return (x_adv - x).abs().mean().item()
@@ -47,6 +70,7 @@ def register_models(register):
 @hookimpl
 def register_attacks(register):
     register("exploding", Exploding, params={"norm": "linf"}, description="raises")
+    register("linesearch", FgsmLineSearch, params={"norm": "linf"}, description="minimal-norm line search")
 
 
 @hookimpl

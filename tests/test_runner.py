@@ -121,6 +121,28 @@ def test_skipped_and_error_cells_do_not_stop_the_suite(cli, write_suite):
     assert code == 1 and "(1 computed, 9 already done)" in out
 
 
+def test_minimal_norm_attack_runs_once_for_every_eps(cli, write_suite):
+    import harness_testplugin
+
+    harness_testplugin.FgsmLineSearch.runs = 0
+    suite = write_suite(
+        TINY_SUITE.replace('name = "tiny"', 'name = "minimal"\nplugins = ["harness_testplugin"]')
+        + '[[attacks]]\nname = "linesearch"\neps = [0.0, 0.05, 0.1, 0.3, 1.0]\n'
+    )
+    code, _, err = cli("run", suite)
+    assert code == 0, err
+    assert harness_testplugin.FgsmLineSearch.runs == 2  # once for all five eps: two batches of 32
+    frame = read_leaderboard(suite.with_suffix(".csv"))
+    rows = frame[frame["attack"] == "linesearch"].sort_values("eps")
+    assert len(rows) == 5 and rows["attack_seconds"].nunique() == 1
+    assert rows["robust_accuracy"].iloc[0] == rows["clean_accuracy"].iloc[0]  # nothing is within eps 0
+    assert rows["robust_accuracy"].is_monotonic_decreasing
+    assert rows["robust_accuracy"].iloc[-1] < rows["robust_accuracy"].iloc[0]
+    assert (rows["max_perturbation_linf"] <= rows["eps"] + 1e-6).all()
+    pgd = frame[(frame["attack"] == "pgd") & (frame["eps"] == 0.3)]["robust_accuracy"].item()
+    assert rows[rows["eps"] == 0.3]["robust_accuracy"].item() >= pgd - 0.2
+
+
 def test_unknown_device_and_missing_cuda_are_clean_errors(cli, write_suite):
     import torch
 
