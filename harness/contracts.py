@@ -204,6 +204,8 @@ class Attack(ABC):
         """Attack with the model's parameters frozen: only input gradients are computed."""
         with frozen(model):
             x_adv = self.perturb(model, x, y, eps)
+        if x_adv.shape != x.shape:
+            raise ValueError(f"{type(self).__name__} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
         return AttackResult(x_adv, self.perturbation_norms(x_adv - x))
 
 

@@ -249,8 +249,6 @@ class Executor:
         for x, y in self.progress(batches, f"attack {description}") if len(batches) > 1 else batches:
             x, y = x.to(self.device), y.to(self.device)
             result = attack.run(trained.model, x, y, eps)
-            if result.x_adv.shape != x.shape:
-                raise ValueError(f"attack returned shape {tuple(result.x_adv.shape)} for inputs {tuple(x.shape)}")
             adversarial.append(result.x_adv.detach().cpu())
             norms.append(result.norms.detach().cpu())
         return torch.cat(adversarial), torch.cat(norms), time.perf_counter() - started
