@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,11 +26,14 @@ def _warn(message: str) -> None:
     print(f"harness: warning: {message}", file=sys.stderr)
 
 
-def _registry(args: argparse.Namespace, extra_plugins: Sequence[str] = ()) -> Registry:
-    registry = load_plugins([*args.plugin, *extra_plugins])
+def _registry(
+    args: argparse.Namespace, extra_plugins: Sequence[str] = (), search_path: Sequence[Path] = ()
+) -> Registry:
+    """The plugins, with -p modules looked up in the working directory and ``search_path`` too."""
+    registry = load_plugins([*args.plugin, *extra_plugins], [Path.cwd(), *search_path])
     for plugin in registry.plugins:
         if plugin.error:
-            _warn(f"plugin '{plugin.name}' ({plugin.distribution}) failed: {plugin.error}")
+            _warn(f"plugin '{plugin.name}' failed: {plugin.error}")
     return registry
 
 
@@ -37,7 +41,7 @@ def _load_suite(args: argparse.Namespace, path: Path) -> tuple[Any, Registry]:
     from harness.suite import parse_suite, read_suite_file, suite_plugins
 
     raw = read_suite_file(path)
-    registry = _registry(args, suite_plugins(raw))
+    registry = _registry(args, suite_plugins(raw), [path.resolve().parent])
     return parse_suite(raw, path, registry), registry
 
 
@@ -271,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (`harness plugins | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("harness: interrupted; finished cells are saved, run the same command again to resume", file=sys.stderr)
         return 130

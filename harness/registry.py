@@ -11,8 +11,10 @@ import difflib
 import importlib
 import importlib.metadata
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import pluggy
@@ -167,10 +169,14 @@ class Registry:
             for kind, comps in self.components.items()
         }
 
-    @property
-    def hook(self) -> Any:
+    def notify(self, hook_name: str, warn: Callable[[str], None], **kwargs: Any) -> None:
+        """Call a lifecycle hook on every plugin; one that raises is reported and the others still run."""
         assert self.plugin_manager is not None
-        return self.plugin_manager.hook
+        for impl in getattr(self.plugin_manager.hook, hook_name).get_hookimpls():
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except Exception as exc:
+                warn(f"plugin '{impl.plugin_name}': hook {hook_name} raised {_one_line(exc)}")
 
 
 def _blocked_names(plugin_args: Iterable[str]) -> set[str]:
@@ -178,14 +184,18 @@ def _blocked_names(plugin_args: Iterable[str]) -> set[str]:
     return from_env | {a[3:] for a in plugin_args if a.startswith("no:")}
 
 
-def load_plugins(plugin_args: Iterable[str] = ()) -> Registry:
+def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = ()) -> Registry:
     """Load the plugins and collect their components.
 
     ``plugin_args`` are ``-p`` values: ``MODULE`` loads a module as a plugin, ``no:NAME`` blocks
-    the plugin NAME. A plugin that fails to import, or whose registration hook raises, is listed
-    with its error and left out; the others still work.
+    the plugin NAME; such modules are also looked up in ``search_path`` (like pytest's rootdir).
+    A plugin that fails to import, or whose registration hook raises, is listed with its error and
+    left out; the others still work.
     """
     plugin_args = list(plugin_args)
+    for directory in search_path:
+        if str(directory) not in sys.path:
+            sys.path.insert(0, str(directory))
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     for name in _blocked_names(plugin_args):
@@ -238,7 +248,7 @@ def load_plugins(plugin_args: Iterable[str] = ()) -> Registry:
                 continue
             register = _register_function(registry, kind, infos[impl.plugin_name])
             try:
-                impl.function(register=register)
+                impl.function(**{name: register for name in impl.argnames})
             except PluginError:
                 raise
             except Exception as exc:

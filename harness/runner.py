@@ -131,7 +131,7 @@ def run_suite(
     elif stale or options.force:
         persist()
     final = [rows[c.cell_id] for c in cells if c.cell_id in rows]
-    registry.hook.suite_finished(suite=suite, rows=final)
+    registry.notify("suite_finished", warn, suite=suite, rows=final)
     return RunSummary(
         output=options.output,
         computed=len(pending),
@@ -170,7 +170,7 @@ def _compute(
         progress=progress,
         metric_entries=suite.metrics,
     )
-    registry.hook.suite_started(suite=suite, cells=pending)
+    registry.notify("suite_started", warn, suite=suite, cells=pending)
     bar = tqdm(total=len(pending), desc=suite.name, unit="cell", disable=not show, file=sys.stderr)
 
     def finish(cell: Cell, status: str, message: str, result: dict[str, Any]) -> None:
@@ -184,12 +184,12 @@ def _compute(
         }
         rows[cell.cell_id] = row
         persist()
-        registry.hook.cell_finished(cell=cell, row=row)
+        registry.notify("cell_finished", warn, cell=cell, row=row)
         bar.update()
 
     def started(cell: Cell) -> None:
         bar.set_postfix_str(cell.describe())
-        registry.hook.cell_started(cell=cell)
+        registry.notify("cell_started", warn, cell=cell)
 
     try:
         for group in _grouped(pending, key=lambda c: c.training_key):

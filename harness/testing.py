@@ -3,17 +3,22 @@
 Each check raises ``AssertionError`` naming the broken rule, so a failing check reads as a test
 failure. The shipped plugins pass these checks in the project's own tests::
 
-    from harness.testing import check_attack, check_model, tiny_digits
+    from harness.testing import check_attack, check_model, reference_classifier, tiny_digits
+
+    def test_my_model():
+        data = tiny_digits()
+        check_model(lambda: MyModel(data.input_shape, data.num_classes, epochs=2), data)
 
     def test_my_attack():
         data = tiny_digits()
-        model = check_model(lambda: MyModel(data.input_shape, data.num_classes), data)
+        model = reference_classifier(data)
         check_attack(MyAttack(norm="linf"), model, data.x_test[:20], data.y_test[:20], eps=0.1)
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
@@ -26,6 +31,7 @@ from harness.contracts import (
     NORMS,
     RECONSTRUCTION,
     Attack,
+    Classifier,
     Dataset,
     Defense,
     Model,
@@ -51,6 +57,23 @@ def tiny_digits(n_train: int = 200, n_test: int = 50, size: int = 8) -> Dataset:
     y = torch.from_numpy(bunch.target).long()
     train, test = train_test_split(range(len(y)), train_size=n_train, test_size=n_test, stratify=bunch.target, random_state=0)
     return Dataset("tiny-digits", x[train], y[train], x[test], y[test], 10)
+
+
+class _ReferenceMLP(Classifier):
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int):
+        super().__init__(input_shape, num_classes, epochs=20, batch_size=32, lr=3e-3)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def reference_classifier(data: Dataset, seed: int = 0) -> Classifier:
+    """A small MLP trained on ``data``: a model with ``logits`` to check attacks against."""
+    seed_everything(seed)
+    model = _ReferenceMLP(data.input_shape, data.num_classes)
+    model.fit(data, make_context(seed))
+    return model.eval()
 
 
 def make_context(

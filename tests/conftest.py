@@ -62,17 +62,22 @@ def cli(capsys, tmp_path, monkeypatch):
     return run
 
 
-def subprocess_env(tmp_path: Path) -> dict[str, str]:
+def subprocess_env(tmp_path: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a harness subprocess: the test plugin importable, a private cache;
+    a PYTHONPATH in ``extra_env`` is put in front."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    extra = dict(extra_env or {})
+    paths = [extra.pop("PYTHONPATH", ""), str(TESTS), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["HARNESS_CACHE_DIR"] = str(tmp_path / "cache")
+    env.update(extra)
     return env
 
 
-def run_harness(tmp_path: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+def run_harness(tmp_path: Path, *args, extra_env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "harness", *map(str, args)],
-        env=subprocess_env(tmp_path),
+        env=subprocess_env(tmp_path, extra_env),
         capture_output=True,
         text=True,
         **kwargs,

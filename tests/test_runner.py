@@ -178,3 +178,14 @@ def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, write_suite):
     assert resumed.returncode == 0, resumed.stderr
     assert f"({12 - finished} computed, {finished} already done)" in resumed.stdout
     pd.testing.assert_frame_equal(results(output), results(reference))
+
+
+def test_a_raising_reporter_hook_is_reported_and_the_run_goes_on(cli, write_suite, tmp_path):
+    (tmp_path / "noisy_reporter.py").write_text(
+        "from harness.hookspecs import hookimpl\n\n"
+        "@hookimpl\ndef cell_finished(cell, row):\n    raise ValueError('reporter is down')\n"
+    )
+    suite = write_suite(TINY_SUITE.replace('name = "tiny"', 'name = "tiny"\nplugins = ["noisy_reporter"]'))
+    code, out, err = cli("run", suite)
+    assert code == 0 and "4 ok" in out
+    assert err.count("plugin 'noisy_reporter': hook cell_finished raised ValueError: reporter is down") == 4
