@@ -149,9 +149,9 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
 class Registry:
     """Every component registered by the loaded plugins, by kind and name."""
 
-    plugins: list[PluginInfo]
+    plugin_manager: pluggy.PluginManager
+    plugins: list[PluginInfo] = field(default_factory=list)
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
-    plugin_manager: pluggy.PluginManager | None = None
 
     def get(self, kind: str, name: str) -> Component:
         try:
@@ -171,7 +171,6 @@ class Registry:
 
     def notify(self, hook_name: str, warn: Callable[[str], None], **kwargs: Any) -> None:
         """Call a lifecycle hook on every plugin; one that raises is reported and the others still run."""
-        assert self.plugin_manager is not None
         for impl in getattr(self.plugin_manager.hook, hook_name).get_hookimpls():
             try:
                 impl.function(**{name: kwargs[name] for name in impl.argnames})
@@ -222,6 +221,9 @@ def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = 
         try:
             pm.register(importlib.import_module(module_name), name=module_name)
         except ModuleNotFoundError as exc:
+            if exc.name != module_name.partition(".")[0] and exc.name != module_name:
+                infos[module_name] = PluginInfo(module_name, UNPACKAGED, "", error=_one_line(exc))
+                continue
             raise UsageError(f"cannot load plugin module '{module_name}': {exc}") from None
         except Exception as exc:
             infos[module_name] = PluginInfo(module_name, UNPACKAGED, "", error=_one_line(exc))
@@ -240,7 +242,7 @@ def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = 
         info = infos[plugin_name]
         infos[plugin_name] = PluginInfo(info.name, info.distribution, info.version, hooks)
 
-    registry = Registry(plugins=[], plugin_manager=pm)
+    registry = Registry(pm)
     errors: dict[str, str] = {}
     for kind, hook_name in REGISTRATION_HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from harness.contracts import TrainContext, perturbation_norms
-from harness.training import predict_batched, seed_everything
 from harness_art.attacks import FGSM, PGD
 from harness_classifiers.models import MLP, SmallCNN
 from harness_datasets.loaders import load_digits
+
+from harness.contracts import TrainContext, perturbation_norms
+from harness.training import predict_batched, seed_everything
 
 CPU = torch.device("cpu")
 

@@ -8,17 +8,17 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
+
 from harness.leaderboard import read_leaderboard, write_leaderboard
 
 
 @pytest.fixture(scope="module")
 def leaderboard(tmp_path_factory):
     """A real leaderboard from a tiny run, shared by the tests of this module."""
-    from harness.cli import main
-
     from conftest import TINY_SUITE
+
+    from harness.cli import main
 
     directory = tmp_path_factory.mktemp("lb")
     suite = directory / "tiny.toml"

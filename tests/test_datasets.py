@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED
 from harness_datasets.idx import read_idx
 from harness_datasets.loaders import load_digits, load_idx_pair, load_mnist

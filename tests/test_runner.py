@@ -9,8 +9,8 @@ import time
 
 import pandas as pd
 import pytest
-
 from conftest import TINY_SUITE, run_harness, subprocess_env
+
 from harness.leaderboard import read_leaderboard
 
 TIMING = ["train_seconds", "attack_seconds", "created_at"]

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_harness, subprocess_env
+
 from harness.leaderboard import read_leaderboard
 
 GUIDE = ROOT / "docs" / "plugins.md"

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from harness_classifiers.models import SmallCNN
+from harness_datasets.loaders import load_digits
 
 from harness.registry import load_plugins
 from harness.training import seed_everything
-from harness_classifiers.models import SmallCNN
-from harness_datasets.loaders import load_digits
 
 ITERATIONS = 40
 EPS = 0.1

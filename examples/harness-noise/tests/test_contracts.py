@@ -1,9 +1,9 @@
 """The example plugin tested with the harness's contract kit, as a third-party author would."""
 
 import pytest
+from harness_noise.components import LogisticRegression, UniformNoise
 
 from harness.testing import check_attack, check_model, tiny_digits
-from harness_noise.components import LogisticRegression, UniformNoise
 
 
 @pytest.fixture(scope="module")
