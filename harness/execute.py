@@ -66,9 +66,10 @@ def environment_provenance(device: torch.device) -> dict[str, str]:
     }
 
 
-def cell_seed(cell: Cell) -> int:
-    """A seed for the cell's attack that depends only on the cell, not on the order of the run."""
-    return int(cell.cell_id[:8], 16)
+def attack_seed(cell: Cell, minimal_norm: bool) -> int:
+    """A seed for the cell's attack that depends only on its configuration, not on the order of
+    the run (nor, for a minimal-norm attack run once for all eps, on which of its cells remain)."""
+    return int((cell.attack_key if minimal_norm else cell.cell_id)[:8], 16)
 
 
 def one_line(exc: BaseException) -> str:
@@ -224,7 +225,7 @@ class Executor:
             for entry in self.metric_entries
         ]
         if attack.minimal_norm:
-            seed_everything(cell_seed(first))
+            seed_everything(attack_seed(first, minimal_norm=True))
             x_adv, norms, seconds = self._run_attack(attack, trained, None, first.describe())
             for cell in cells:
                 if cell is not first:
@@ -236,7 +237,7 @@ class Executor:
             for cell in cells:
                 if cell is not first:
                     on_start(cell)
-                seed_everything(cell_seed(cell))
+                seed_everything(attack_seed(cell, minimal_norm=False))
                 x_adv, _, seconds = self._run_attack(attack, trained, cell.eps, cell.describe())
                 yield cell, self._score(cell, trained, x_adv, seconds, metrics)
 

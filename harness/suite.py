@@ -99,6 +99,11 @@ class Cell:
         return config_hash(self.training_config)
 
     @property
+    def attack_key(self) -> str:
+        """Names one attack run on one trained model; a minimal-norm attack's cells share it."""
+        return config_hash({**self.training_config, "attack": self.attack.config, "n_samples": self.n_samples})
+
+    @property
     def cell_id(self) -> str:
         return config_hash(
             {
