@@ -61,8 +61,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(listing, indent=2))
         return 0
-    for item in listing:
-        print(f"{item['name']}  ({item['distribution']} {item['version']})".rstrip())
+    for plugin, item in zip(registry.plugins, listing):
+        print(f"{plugin.name}  ({plugin.release})")
         if "error" in item:
             print(f"  FAILED: {item['error']}")
         print(f"  hooks: {', '.join(item['hooks']) or '-'}")

@@ -51,6 +51,11 @@ class PluginInfo:
     hooks: tuple[str, ...] = ()
     error: str = ""
 
+    @property
+    def release(self) -> str:
+        """The distribution and its version, as people write them."""
+        return f"{self.distribution} {self.version}".strip()
+
 
 @dataclass(frozen=True)
 class Component:
@@ -277,10 +282,10 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo) -> Reg
             raise PluginError(f"attack '{name}' of plugin '{plugin.name}' must declare a 'norm' parameter")
         existing = registry.components[kind].get(name)
         if existing is not None:
+            first = PluginInfo(existing.plugin, existing.distribution, existing.version)
             raise PluginError(
-                f"{kind} '{name}' is registered twice: by plugin '{existing.plugin}' "
-                f"({existing.distribution} {existing.version}) and by plugin '{plugin.name}' "
-                f"({plugin.distribution} {plugin.version})"
+                f"{kind} '{name}' is registered twice: by plugin '{first.name}' ({first.release}) "
+                f"and by plugin '{plugin.name}' ({plugin.release})"
             )
         registry.components[kind][name] = Component(
             kind=kind,

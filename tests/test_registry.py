@@ -51,8 +51,12 @@ def test_duplicate_component_names_both_plugins(module_plugin):
         register("mlp", "x:y")
 
     name = module_plugin("dup_plugin", register_models=register_models)
-    with pytest.raises(PluginError, match=r"model 'mlp' is registered twice: by plugin 'classifiers' .*and by plugin 'dup_plugin'"):
+    with pytest.raises(PluginError) as info:
         load_plugins([name])
+    assert str(info.value) == (
+        "model 'mlp' is registered twice: by plugin 'classifiers' (robustness-harness 0.1.0) "
+        "and by plugin 'dup_plugin' ((unpackaged))"
+    )
 
 
 def test_misspelled_hook_implementation_is_rejected(module_plugin):
