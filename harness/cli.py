@@ -15,15 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, UsageError
 from harness.registry import Registry, load_plugins
+from harness.runner import warn_on_stderr
 
 if TYPE_CHECKING:
     import pandas as pd
 
 ENTRY_COLUMNS = ["dataset", "model", "defense", "attack", "norm", "eps"]
-
-
-def _warn(message: str) -> None:
-    print(f"harness: warning: {message}", file=sys.stderr)
 
 
 def _registry(
@@ -33,7 +30,7 @@ def _registry(
     registry = load_plugins([*args.plugin, *extra_plugins], [Path.cwd(), *search_path])
     for plugin in registry.plugins:
         if plugin.error:
-            _warn(f"plugin '{plugin.name}' failed: {plugin.error}")
+            warn_on_stderr(f"plugin '{plugin.name}' failed: {plugin.error}")
     return registry
 
 

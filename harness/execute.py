@@ -200,13 +200,8 @@ class Executor:
 
     def build_attack(self, spec: Mapping[str, Any]) -> Attack:
         """An attack from a suite-style table, for defenses that train against one."""
-        spec = dict(spec)
-        component = self.registry.get("attack", str(spec.pop("name", "")))
-        spec.pop("eps", None)
-        params, problems = component.resolve_params(spec)
-        if problems:
-            raise UsageError("; ".join(problems))
-        return _built(component.build(params), Attack, f"attack '{component.name}'")
+        attack = self.registry.build_from_table("attack", spec, ignore=["eps"])
+        return _built(attack, Attack, f"attack '{spec.get('name')}'")
 
     def attack_cells(
         self, cells: list[Cell], on_start: Callable[[Cell], None]

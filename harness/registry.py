@@ -168,6 +168,16 @@ class Registry:
                 f"unknown {kind} '{name}'{hint} (known: {', '.join(known) or 'none'})"
             ) from None
 
+    def build_from_table(self, kind: str, table: Mapping[str, Any], ignore: Iterable[str] = ()) -> Any:
+        """Build a component from a suite-style table (``{name = "pgd", norm = "linf", ...}``),
+        checking its parameters; keys in ``ignore`` (like an attack's ``eps``) are not parameters."""
+        table = {k: v for k, v in table.items() if k not in set(ignore)}
+        component = self.get(kind, str(table.pop("name", "")))
+        params, problems = component.resolve_params(table)
+        if problems:
+            raise UsageError("; ".join(problems))
+        return component.build(params)
+
     def by_plugin(self, plugin: str) -> dict[str, list[str]]:
         return {
             kind: sorted(c.name for c in comps.values() if c.plugin == plugin)

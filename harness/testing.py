@@ -84,11 +84,7 @@ def make_context(
     def build_attack(spec):
         from harness.registry import load_plugins
 
-        spec = dict(spec)
-        component = load_plugins().get("attack", spec.pop("name"))
-        params, problems = component.resolve_params(spec)
-        assert not problems, "; ".join(problems)
-        return component.build(params)
+        return load_plugins().build_from_table("attack", spec, ignore=["eps"])
 
     def no_teacher() -> Model:
         raise AssertionError("this context has no teacher; pass make_context(teacher=...)")
