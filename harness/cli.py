@@ -134,7 +134,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot sort by '{args.sort}' (columns: {', '.join(table.columns)})")
     # Rank within each threat setting: entries are comparable only at the same norm and eps.
     setting = ["dataset", "norm", "eps"]
-    table = table.sort_values([*setting, args.sort], ascending=[True, True, True, args.ascending], kind="stable")
+    ascending = args.ascending or not higher_is_better(args.sort, frame)
+    table = table.sort_values([*setting, args.sort], ascending=[True, True, True, ascending], kind="stable")
     table.insert(0, "rank", table.groupby(setting, dropna=False).cumcount() + 1)
     with pd.option_context("display.width", 200, "display.max_rows", None, "display.max_columns", None):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -146,6 +147,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     elif hidden:
         print(f"{hidden} rows filtered out")
     return 0
+
+
+LOWER_IS_BETTER = {"attack_success_rate", "train_seconds", "attack_seconds"}
+
+
+def higher_is_better(column: str, frame: pd.DataFrame) -> bool:
+    """Which way ranks ``column`` best first: from the ``metrics`` provenance for a plugin's
+    metric (unknown counts as higher), from the schema's meaning for the fixed columns."""
+    from harness.leaderboard import METRIC_PREFIX
+
+    if column.startswith(METRIC_PREFIX):
+        label = column[len(METRIC_PREFIX) :]
+        for text in frame["metrics"].dropna().unique():
+            declared = json.loads(text).get(label, {}).get("higher_is_better")
+            if declared is not None:
+                return bool(declared)
+        return True
+    return column not in LOWER_IS_BETTER
 
 
 def _schema_version(path: Path) -> Any:
@@ -170,7 +189,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise HarnessError(f"schema versions differ: {args.a} has {version_a}, {args.b} has {version_b}")
     a = read_leaderboard(args.a)
     b = read_leaderboard(args.b)
-    columns = [*KEY, "clean_accuracy", "robust_accuracy"]
+    settings = ["n_samples", *(f"{kind}_params" for kind in ("dataset", "model", "defense", "attack"))]
+    columns = [*KEY, "clean_accuracy", "robust_accuracy", *settings]
     merged = pd.merge(
         a[a["status"] == "ok"][columns], b[b["status"] == "ok"][columns], on=KEY, how="outer",
         suffixes=("_a", "_b"), indicator=True,
@@ -178,17 +198,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
     both = merged[merged["_merge"] == "both"].drop(columns="_merge")
     for metric in ("clean_accuracy", "robust_accuracy"):
         both[f"{metric}_diff"] = both[f"{metric}_b"] - both[f"{metric}_a"]
-    both = both[[*KEY, "clean_accuracy_a", "clean_accuracy_b", "clean_accuracy_diff",
-                 "robust_accuracy_a", "robust_accuracy_b", "robust_accuracy_diff"]]  # fmt: skip
+    both["note"] = [_differences(row, settings) for row in both.to_dict("records")]
+    shown = [*KEY, "clean_accuracy_a", "clean_accuracy_b", "clean_accuracy_diff",
+             "robust_accuracy_a", "robust_accuracy_b", "robust_accuracy_diff"]  # fmt: skip
+    beyond = pd.Series(False, index=both.index)
+    if args.tolerance is not None:
+        largest = both[["clean_accuracy_diff", "robust_accuracy_diff"]].abs().max(axis=1)
+        beyond = largest > args.tolerance + 1e-12
+        both["within_tolerance"] = ~beyond
+        shown.append("within_tolerance")
     print(f"A = {args.a}\nB = {args.b}  (diff = B - A)")
     with pd.option_context("display.width", 250, "display.max_rows", None, "display.max_columns", None):
-        print(both.to_string(index=False, float_format=lambda v: f"{v:+.4f}" if v < 0 else f"{v:.4f}") if len(both) else "no common entries")
+        table = both[[*shown, "note"]] if both["note"].astype(bool).any() else both[shown]
+        print(table.to_string(index=False, float_format=lambda v: f"{v:+.4f}" if v < 0 else f"{v:.4f}") if len(both) else "no common entries")
         for side, label in (("left_only", "A"), ("right_only", "B")):
             only = merged[merged["_merge"] == side][KEY]
             if len(only):
                 print(f"\nonly in {label} ({len(only)}):")
                 print(only.to_string(index=False))
+    if args.tolerance is not None:
+        largest = both[["clean_accuracy_diff", "robust_accuracy_diff"]].abs().max().max() if len(both) else 0.0
+        print(
+            f"\n{int((~beyond).sum())} of {len(both)} common entries within {args.tolerance:g} "
+            f"(largest difference {largest:.4f})"
+        )
+        return 1 if beyond.any() else 0
     return 0
+
+
+def _differences(row: dict[str, Any], settings: list[str]) -> str:
+    """Why two aligned rows may not be comparable: their sample counts or parameters differ."""
+    notes = []
+    for column in settings:
+        left, right = row[f"{column}_a"], row[f"{column}_b"]
+        if left != right:
+            notes.append(f"{column} differ ({left} vs {right})" if column == "n_samples" else f"{column} differ")
+    return "; ".join(notes)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -240,14 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
         show.add_argument(f"--{column}", action="append", help=f"keep only this {column} (repeatable)")
     show.add_argument("--eps", action="append", type=float, help="keep only this eps (repeatable)")
     show.add_argument("--status", default="ok", choices=["ok", "skipped", "error", "all"], help="default: ok")
-    show.add_argument("--sort", default="robust_accuracy", help="column to rank by (default: robust_accuracy)")
-    show.add_argument("--ascending", action="store_true", help="rank from the lowest value")
+    show.add_argument("--sort", default="robust_accuracy", help="column to rank by, best first (default: robust_accuracy)")
+    show.add_argument("--ascending", action="store_true", help="rank from the lowest value, whatever is better")
     show.add_argument("--per-seed", action="store_true", help="one row per seed instead of the mean over seeds")
     show.set_defaults(handler=cmd_show)
 
     compare = commands.add_parser("compare", help="align two leaderboards entry by entry")
     compare.add_argument("a", type=Path)
     compare.add_argument("b", type=Path)
+    compare.add_argument(
+        "--tolerance", type=float, metavar="T",
+        help="flag entries whose accuracies differ by more than T, and exit 1 if any does",
+    )  # fmt: skip
     compare.set_defaults(handler=cmd_compare)
 
     validate = commands.add_parser("validate", help="check a suite (.toml) or a leaderboard (.csv)")

@@ -1,16 +1,19 @@
 """The contracts every dataset, model, defense, attack and metric plugin implements.
 
-Capabilities are plain strings. A model declares the ones it has; attacks, defenses and metrics
-declare the ones they require, and the runner writes a cell as ``skipped`` when one is missing.
-The shipped names are in :data:`CAPABILITIES`; plugins may define their own.
+Capabilities are an open set of names: a capability is the name of a model method (``logits``,
+``loss``, or a plugin's own, such as ``capsule_presences``). A model lists the ones it has;
+attacks, defenses and metrics list the ones they call, and the runner writes a cell as
+``skipped`` when one is missing. The contract kit fails an attack that calls a capability it did
+not declare, whatever its name.
 """
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -18,25 +21,20 @@ from torch import nn
 
 LOGITS = "logits"
 """``model.logits(x)``: differentiable class scores (B, num_classes)."""
-CAPSULE_PRESENCES = "capsule_presences"
-"""``model.capsule_presences(x)``: differentiable object-capsule presences (B, K)."""
-LATENT = "latent"
-"""``model.encode(x)``: a differentiable latent code (B, D)."""
-RECONSTRUCTION = "reconstruction"
-"""``model.reconstruct(x)``: a differentiable reconstruction shaped like ``x``."""
-CAPABILITIES = {
-    LOGITS: "differentiable class logits: model.logits(x)",
-    CAPSULE_PRESENCES: "object-capsule presences: model.capsule_presences(x)",
-    LATENT: "latent encoding: model.encode(x)",
-    RECONSTRUCTION: "reconstruction: model.reconstruct(x)",
-}
+LOSS = "loss"
+"""``model.loss(x, y, state)`` and ``model.training_settings()``: the model's own training
+objective, so that a defense can reuse the shared training loop (:class:`TrainingLoopDefense`)."""
 
 NORMS = ("linf", "l2", "l1", "l0")
+BUDGET_TOLERANCE = 1e-5
+"""How far a perturbation may exceed its budget (relative to ``max(eps, 1)``), or an image leave
+[0, 1], before the runner rejects it: room for float32 rounding, not for a real excess."""
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test images (N, C, H, W) as float32 in [0, 1] with int64 labels in [0, num_classes)."""
+    """Train and test images as torch tensors: (N, C, H, W) float32 in [0, 1], int64 labels in
+    [0, num_classes)."""
 
     name: str
     x_train: torch.Tensor
@@ -64,46 +62,168 @@ class Dataset:
         return (c, h, w)
 
 
+# --- training ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a model trains in the shared loop: what a defense reads, and may change with
+    ``dataclasses.replace`` (e.g. more epochs)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "Adam"
+    """The name of a ``torch.optim`` class (``Adam``, ``SGD``, ``RMSprop`` ...)."""
+    optimizer_options: Mapping[str, Any] = field(default_factory=dict)
+    """Further keyword arguments of the optimiser (``weight_decay``, ``momentum``, ``eps`` ...)."""
+    lr_decay: float = 1.0
+    """Multiply the learning rate by this every ``lr_decay_steps`` optimiser steps."""
+    lr_decay_steps: int = 0
+    """0: a constant learning rate."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One minibatch of the shared loop; ``index`` locates its samples in ``state.x_train``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+
+@dataclass
+class TrainingState:
+    """The shared loop's state, passed to the model's loss and to every hook.
+
+    ``x_train`` and ``y_train`` are the loop's own copies of the training split (on the CPU): a hook
+    may replace them when training starts (keep some labels) or update them between epochs (move
+    the inputs), without touching the dataset.
+    """
+
+    model: Model
+    data: Dataset
+    ctx: TrainContext
+    settings: TrainingSettings
+    optimizer: torch.optim.Optimizer
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    epoch: int = 0
+    step: int = 0
+
+
+class TrainingHooks:
+    """Where a defense joins the shared training loop. Every method does nothing by default.
+
+    Per epoch the loop calls ``epoch_started``; then for each shuffled minibatch
+    ``prepare_batch`` (may return another batch, e.g. adversarial inputs), the model's loss,
+    ``extend_loss`` (may add a term) and one optimiser step; then ``epoch_finished``.
+    """
+
+    def training_started(self, state: TrainingState) -> None:
+        """Before the first epoch."""
+
+    def epoch_started(self, state: TrainingState) -> None:
+        """Before each epoch (``state.epoch`` counts from 0)."""
+
+    def prepare_batch(self, state: TrainingState, batch: Batch) -> Batch:
+        """The batch the model trains on."""
+        return batch
+
+    def extend_loss(self, state: TrainingState, batch: Batch, loss: torch.Tensor) -> torch.Tensor:
+        """The loss the optimiser minimises, given the model's loss on ``batch``."""
+        return loss
+
+    def epoch_finished(self, state: TrainingState) -> None:
+        """After each epoch, e.g. to update ``state.x_train``."""
+
+    def training_finished(self, state: TrainingState) -> None:
+        """After the last epoch."""
+
+
 @dataclass
 class TrainContext:
     """What the runner hands to a model's or a defense's training.
 
-    ``progress(iterable, description)`` wraps a loop in a progress bar. ``build_attack(spec)``
-    builds an attack from a suite-style table (``{name = "pgd", norm = "linf", ...}``), for
-    adversarial training. ``teacher()`` returns the same model trained without defense (cached by
-    the runner), for distillation.
+    ``fit(model, data, hooks=[...], settings=None)`` runs the shared minibatch loop
+    (:func:`harness.training.fit`). ``progress(iterable, description)`` wraps a loop in a progress bar. ``build_attack(table)``
+    builds an attack from a suite-style table (``{name = "pgd", norm = "linf", eps = 0.3}``) as a
+    :class:`TrainingAttack`, for adversarial training. ``teacher()`` returns the same model trained
+    without defense (cached by the runner; it leaves the caller's random streams untouched), for
+    distillation.
     """
 
     seed: int
     device: torch.device
     progress: Callable[[Iterable[Any], str], Iterable[Any]]
-    build_attack: Callable[[Mapping[str, Any]], Attack]
+    build_attack: Callable[[Mapping[str, Any]], TrainingAttack]
     teacher: Callable[[], Model]
+    loop: Callable[..., None]
+    """The shared loop, ``loop(model, data, ctx, hooks, settings)``; call it through :meth:`fit`."""
+
+    def fit(
+        self,
+        model: Model,
+        data: Dataset,
+        hooks: Sequence[TrainingHooks] = (),
+        settings: TrainingSettings | None = None,
+    ) -> None:
+        """Train ``model`` in place with the shared loop: its own loss and settings (or ``settings``),
+        shuffled minibatches of the train split, and ``hooks`` called at each step."""
+        self.loop(model, data, self, hooks, settings)
+
+
+# --- models -----------------------------------------------------------------------------------
 
 
 class Model(nn.Module, ABC):
     """A trainable model built from a dataset's shape.
 
-    The factory receives ``input_shape``, ``num_classes`` and the suite's parameters. ``fit`` is
-    the model's standard training (cross-entropy for a classifier, an ELBO for a VAE ...).
-    Everything ``predict`` needs must live in the state dict (buffers included), because trained
-    models are cached as state dicts.
+    The factory receives ``input_shape``, ``num_classes`` and the suite's parameters. Everything
+    ``predict`` needs must live in the state dict (buffers included): trained models are cached as
+    state dicts and loaded into a fresh instance.
     """
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    stochastic: ClassVar[bool] = False
+    """True if ``predict`` draws random numbers (a VAE samples its latent): the runner averages
+    accuracies over the suite's ``draws`` and the contract kit checks reproducibility under a seed
+    instead of determinism."""
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
 
-    @abstractmethod
     def fit(self, data: Dataset, ctx: TrainContext) -> None:
-        """Train in place with the model's standard objective."""
+        """The model's standard training: the shared loop over :meth:`loss`. Override it for a model
+        that trains otherwise (a closed form, k-means)."""
+        ctx.fit(self, data)
+
+    def training_settings(self) -> TrainingSettings:
+        """Epochs, batch size and optimiser of the model's standard training (capability ``loss``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no training_settings(); override fit() or add it")
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, state: TrainingState) -> torch.Tensor:
+        """The training objective on one batch (capability ``loss``); an unsupervised model ignores ``y``."""
+        raise NotImplementedError(f"{type(self).__name__} has no loss(); override fit() or add it")
 
     @abstractmethod
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Labels (B,) int64 for inputs (B, C, H, W)."""
+
+    def fit_head(self, data: Dataset, ctx: TrainContext) -> None:
+        """Fit the evaluation head (e.g. k-means on the training split) on the trained backbone.
+
+        Called after training and after loading a cached backbone. Keep what it fits in
+        :meth:`head_modules`: the runner caches their state apart from the backbone, so an entry
+        that differs only in an evaluation parameter (registered with ``evaluation_params``)
+        reuses the trained backbone and fits its head once.
+        """
+
+    def head_modules(self) -> list[nn.Module]:
+        """The submodules whose state :meth:`fit_head` sets (default: none)."""
+        return []
 
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -112,10 +232,12 @@ class Model(nn.Module, ABC):
 class Classifier(Model):
     """A model whose forward pass gives class logits; ``predict`` is their argmax.
 
-    Its standard training minimises the cross-entropy with Adam.
+    Its standard training minimises the cross-entropy with Adam in the shared loop. The training
+    settings are keyword-only: ``Classifier.__init__(input_shape, num_classes, *, epochs,
+    batch_size, lr, weight_decay=0.0)``.
     """
 
-    capabilities = frozenset({LOGITS})
+    capabilities = frozenset({LOGITS, LOSS})
 
     def __init__(
         self,
@@ -133,20 +255,13 @@ class Classifier(Model):
         self.lr = lr
         self.weight_decay = weight_decay
 
-    def fit(self, data: Dataset, ctx: TrainContext) -> None:
-        from harness.training import fit_minibatches
-
-        fit_minibatches(
-            self,
-            data,
-            ctx,
-            lambda model, x, y: nn.functional.cross_entropy(model(x), y),
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            description=f"train {type(self).__name__}",
+    def training_settings(self) -> TrainingSettings:
+        return TrainingSettings(
+            self.epochs, self.batch_size, self.lr, "Adam", {"weight_decay": self.weight_decay}
         )
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, state: TrainingState) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.logits(x), y)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)
@@ -154,6 +269,9 @@ class Classifier(Model):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x).argmax(dim=1)
+
+
+# --- defenses ---------------------------------------------------------------------------------
 
 
 class Defense(ABC):
@@ -165,25 +283,63 @@ class Defense(ABC):
 
     requires: ClassVar[frozenset[str]] = frozenset()
 
+    def prepare(self, model: Model) -> Model:
+        """The untrained model this defense trains and returns. A defense that adds or wraps
+        modules (a student network, a learned input transform) builds them here, so that a cached
+        state dict loads into the same structure. Default: ``model`` itself."""
+        return model
+
     @abstractmethod
     def train(self, model: Model, data: Dataset, ctx: TrainContext) -> Model:
-        """Train ``model`` (it arrives untrained) and return the trained model."""
+        """Train ``model`` (what :meth:`prepare` returned, untrained) and return it trained."""
+
+
+class StandardTraining(Defense):
+    """No defense: the model's own standard training (the ``none`` defense)."""
+
+    def train(self, model: Model, data: Dataset, ctx: TrainContext) -> Model:
+        model.fit(data, ctx)
+        return model
+
+
+class TrainingLoopDefense(Defense, TrainingHooks):
+    """A defense written once for every model with the ``loss`` capability: it joins the model's
+    own training loop through the :class:`TrainingHooks` it overrides."""
+
+    requires = frozenset({LOSS})
+
+    def train(self, model: Model, data: Dataset, ctx: TrainContext) -> Model:
+        ctx.fit(model, data, hooks=[self])
+        return model
+
+
+# --- attacks ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class AttackResult:
+class AttackOutcome:
+    """What an attack returns for a batch.
+
+    ``norms`` is the per-sample perturbation size in the attack's norm: measured by the harness
+    (leave it ``None`` when returning an outcome). ``extras`` are per-sample values (B,) such as a
+    target class or a damage measure; ``scalars`` are per-run numbers (averaged over batches,
+    weighted by batch size, and written as ``metric_<name>`` columns).
+    """
+
     x_adv: torch.Tensor
-    norms: torch.Tensor
-    """Per-sample perturbation size in the attack's norm, (B,)."""
+    norms: torch.Tensor | None = None
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    scalars: Mapping[str, float] = field(default_factory=dict)
 
 
 class Attack(ABC):
     """An evasion attack under a threat model (``norm`` and a budget ``eps``).
 
     A budgeted attack runs once per eps. A minimal-norm attack (``minimal_norm = True``) runs once
-    with ``eps=None`` and the runner derives the robust accuracy at every eps of the suite from the
-    per-sample norms: a sample counts as broken at eps when its norm is at most eps and it is
-    misclassified. Attacks must not modify their input and must return images in [0, 1].
+    with ``eps=None`` and the runner derives the robust accuracy at every eps of the suite (``inf``
+    included) from the per-sample norms: a sample counts as broken at eps when its norm is at most
+    eps and it is misclassified. Attacks must not modify their input and must return images in
+    [0, 1]; the runner rejects a batch outside its budget.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({LOGITS})
@@ -192,39 +348,63 @@ class Attack(ABC):
     def __init__(self, norm: str = "linf"):
         self.norm = norm
 
-    @abstractmethod
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "perturb" in cls.__dict__ and "generate" not in cls.__dict__:
+            warnings.warn(
+                f"{cls.__qualname__}.perturb(model, x, y, eps) is deprecated: implement "
+                "generate(model, x, y, eps, *, generator), which gets its random generator explicitly",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+
+    def generate(
+        self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None, *, generator: torch.Generator
+    ) -> AttackOutcome | torch.Tensor:
+        """Adversarial versions of ``x`` (same shape, dtype and device), or an :class:`AttackOutcome`.
+
+        Runs with gradients enabled and the model's parameters frozen (only input gradients are
+        computed); the model's train/eval mode is restored afterwards. Draw random numbers from
+        ``generator`` (on ``x``'s device), seeded by the runner per cell.
+        """
+        if type(self).perturb is Attack.perturb:
+            raise NotImplementedError(f"{type(self).__name__} must implement generate()")
+        return self.perturb(model, x, y, eps)
+
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None) -> torch.Tensor:
-        """Adversarial versions of ``x`` (same shape, dtype and device)."""
+        """Deprecated form of :meth:`generate`, which draws from torch's global generators."""
+        raise NotImplementedError
 
     def perturbation_norms(self, delta: torch.Tensor) -> torch.Tensor:
         """Per-sample size of ``delta`` in this attack's norm; override for a plugin-defined norm."""
         return perturbation_norms(delta, self.norm)
 
-    def run(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None) -> AttackResult:
-        """Attack with the model's parameters frozen: only input gradients are computed."""
-        with frozen(model):
-            x_adv = self.perturb(model, x, y, eps)
-        if x_adv.shape != x.shape:
-            raise ValueError(f"{type(self).__name__} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
-        return AttackResult(x_adv, self.perturbation_norms(x_adv - x))
-
-
-class Metric(ABC):
-    """An extra leaderboard column, computed for every ``ok`` cell whose model has ``requires``.
-
-    ``x_adv`` is the cell's adversarial batch (for a minimal-norm attack, the adversarial examples
-    within the cell's eps, the clean inputs elsewhere).
-    """
-
-    requires: ClassVar[frozenset[str]] = frozenset()
-
-    @abstractmethod
-    def compute(self, model: Model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> float:
-        """The metric's value for this cell."""
+    def run(
+        self,
+        model: Model,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: float | None,
+        generator: torch.Generator | None = None,
+    ) -> AttackOutcome:
+        """:meth:`generate` with the parameters frozen and the modes restored; the outcome's
+        ``norms`` measured. Without a ``generator``, one is seeded from torch's global generator."""
+        if generator is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+            generator = torch.Generator(device=x.device).manual_seed(seed)
+        with attacking(model):
+            result = self.generate(model, x, y, eps, generator=generator)
+        outcome = result if isinstance(result, AttackOutcome) else AttackOutcome(result)
+        x_adv = outcome.x_adv
+        if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+            shape = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
+            raise ValueError(f"{type(self).__name__} returned {shape} for inputs {tuple(x.shape)}")
+        x_adv = x_adv.detach()
+        return AttackOutcome(x_adv, self.perturbation_norms(x_adv - x), dict(outcome.extras), dict(outcome.scalars))
 
 
 def perturbation_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-sample ``norm`` of a batch of perturbations (B, ...)."""
+    """Per-sample ``norm`` of a batch of perturbations (B, ...), in float64."""
     flat = delta.detach().flatten(1).double()
     if norm == "linf":
         return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
@@ -237,22 +417,144 @@ def perturbation_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"unknown norm '{norm}' (known: {', '.join(NORMS)}); override perturbation_norms")
 
 
-class StandardTraining(Defense):
-    """No defense: the model's own standard training (the ``none`` defense)."""
+def budget_violation(x_adv: torch.Tensor, norms: torch.Tensor, norm: str, eps: float | None) -> str | None:
+    """Why a batch of adversarial inputs breaks its threat model (``None`` if it does not): images
+    outside [0, 1], or a perturbation above ``eps`` (``None``: unbounded), up to ``BUDGET_TOLERANCE``."""
+    low, high = x_adv.min().item(), x_adv.max().item()
+    if low < -BUDGET_TOLERANCE or high > 1 + BUDGET_TOLERANCE:
+        return f"returned images outside [0, 1] (values from {low:.6g} to {high:.6g})"
+    if eps is not None and len(norms):
+        largest = norms.max().item()
+        if largest > eps + BUDGET_TOLERANCE * max(eps, 1.0):
+            return f"exceeded its budget: {norm} perturbation of {largest:.6g} > eps {eps:g}"
+    return None
 
-    def train(self, model: Model, data: Dataset, ctx: TrainContext) -> Model:
-        model.fit(data, ctx)
-        return model
+
+class TrainingAttack:
+    """An attack bound to its budget and a random stream, as ``ctx.build_attack`` returns it for
+    adversarial training: ``attack(model, x, y)`` gives adversarial inputs within the table's eps,
+    checked like a cell's, with the model's parameters and train/eval mode left as they were."""
+
+    def __init__(self, attack: Attack, eps: float | None, generator: torch.Generator, description: str):
+        self.attack = attack
+        self.eps = eps
+        self.generator = generator
+        self.description = description
+
+    def __call__(self, model: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.eps is None and not self.attack.minimal_norm:
+            raise ValueError(f"{self.description} has no eps: give one in its table")
+        outcome = self.attack.run(model, x, y, self.eps, self._generator_for(x.device))
+        problem = budget_violation(outcome.x_adv, outcome.norms, self.attack.norm, self.eps)
+        if problem:
+            raise ValueError(f"{self.description} {problem}")
+        return outcome.x_adv
+
+    def _generator_for(self, device: torch.device) -> torch.Generator:
+        if self.generator.device != device:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, generator=self.generator))
+            self.generator = torch.Generator(device=device).manual_seed(seed)
+        return self.generator
+
+    def __getattr__(self, name: str) -> Any:
+        # Defenses written against the earlier guide got the Attack itself (``.run(model, x, y, eps)``).
+        return getattr(self.attack, name)
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """The per-sample outcomes of one cell, on the CPU: what cell and sweep metrics receive.
+
+    ``clean_correct`` and ``robust`` are per-sample fractions of the evaluation draws (0 or 1
+    for a deterministic model): ``robust`` is correct both clean and under attack. ``x_adv`` holds
+    the adversarial inputs used at this eps (for a minimal-norm attack, the clean input where the
+    attack needed more than eps) and ``norms`` their perturbation sizes in the attack's norm.
+    """
+
+    norm: str
+    eps: float
+    index: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    x_adv: torch.Tensor
+    clean_correct: torch.Tensor
+    robust: torch.Tensor
+    adv_label: torch.Tensor
+    norms: torch.Tensor
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    scalars: Mapping[str, float] = field(default_factory=dict)
+
+
+class Metric(ABC):
+    """An extra leaderboard column ``metric_<label>``, computed where the model has ``requires``.
+
+    Subclass one of :class:`CellMetric`, :class:`ModelMetric` or :class:`SweepMetric`; their
+    ``evaluate`` runs with gradients enabled, the model in evaluation mode on the run's device.
+    Register it with ``higher_is_better=`` so that ``harness show --sort`` ranks it the right way.
+
+    A direct subclass that implements ``compute(model, x, y, x_adv)`` (the earlier form) still
+    works, as a cell metric, with a deprecation warning.
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "compute" in cls.__dict__ and not issubclass(cls, (CellMetric, ModelMetric, SweepMetric)):
+            warnings.warn(
+                f"{cls.__qualname__}.compute(model, x, y, x_adv) is deprecated: subclass CellMetric and "
+                "implement evaluate(model, outcome), which receives the per-sample outcomes",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+
+    def compute(self, model: Model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> float:
+        """Deprecated form of a cell metric."""
+        raise NotImplementedError(f"{type(self).__name__} must subclass CellMetric, ModelMetric or SweepMetric")
+
+
+class CellMetric(Metric):
+    """Computed for every ``ok`` cell from its per-sample outcomes."""
+
+    @abstractmethod
+    def evaluate(self, model: Model, outcome: CellOutcome) -> float: ...
+
+
+class ModelMetric(Metric):
+    """Computed once per trained model on the suite's test samples (e.g. a reconstruction loss);
+    every row of that model carries it."""
+
+    @abstractmethod
+    def evaluate(self, model: Model, x: torch.Tensor, y: torch.Tensor) -> float: ...
+
+
+class SweepMetric(Metric):
+    """Computed once per (trained model, attack entry) over all its budgets, in the suite's eps
+    order (e.g. an area under a distortion curve); every row of the sweep carries it."""
+
+    @abstractmethod
+    def evaluate(self, model: Model, outcomes: Sequence[CellOutcome]) -> float: ...
+
+
+# --- helpers ----------------------------------------------------------------------------------
 
 
 @contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """Turn off parameter gradients inside the block and restore them after."""
+def attacking(model: nn.Module) -> Iterator[None]:
+    """Inside the block, parameters get no gradients; after it, parameters and every submodule's
+    train/eval mode are as they were (ART switches models to eval mode and leaves them there)."""
     saved = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
     for p, _ in saved:
         p.requires_grad_(False)
     try:
-        yield
+        with torch.enable_grad():
+            yield
     finally:
         for p, flag in saved:
             p.requires_grad_(flag)
+        for m, training in modes:
+            m.training = training

@@ -1,16 +1,18 @@
-"""Computing cells: loading data, training (or loading cached) models, attacking, scoring.
+"""Computing a group of cells: the cells that share one trained model (backbone and head).
 
-Kept apart from :mod:`harness.runner` so that planning and resuming a run never import torch.
+A group's results are a function of its cells' configuration and the on-disk cache alone
+(:func:`compute_group`): it loads or trains the model, loads or runs each attack, scores every
+cell and yields its measurements; the caller persists the rows. Kept apart from
+:mod:`harness.runner` so that planning and resuming a run never import torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import json
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,14 +20,31 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from harness.contracts import Attack, Dataset, Defense, Metric, Model, TrainContext
-from harness.errors import UsageError
+from harness.cache import ArtifactCache
+from harness.contracts import (
+    NORMS,
+    Attack,
+    AttackOutcome,
+    CellMetric,
+    CellOutcome,
+    Dataset,
+    Defense,
+    Metric,
+    Model,
+    ModelMetric,
+    SweepMetric,
+    TrainContext,
+    TrainingAttack,
+    budget_violation,
+    perturbation_norms,
+)
+from harness.errors import UsageError, one_line
 from harness.registry import Registry
 from harness.suite import DEFAULT_DEFENSES, Cell, Entry, config_hash
-from harness.training import predict_batched, seed_everything
+from harness.training import fit, predict_batched, preserved_rng, seed_everything, warm_up
 
 Progress = Callable[[Iterable[Any], str], Iterable[Any]]
-CHECKPOINT_FORMAT = 1
+T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,50 +85,9 @@ def environment_provenance(device: torch.device) -> dict[str, str]:
     }
 
 
-def attack_seed(cell: Cell, minimal_norm: bool) -> int:
-    """A seed for the cell's attack that depends only on its configuration, not on the order of
-    the run (nor, for a minimal-norm attack run once for all eps, on which of its cells remain)."""
-    return int((cell.attack_key if minimal_norm else cell.cell_id)[:8], 16)
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class CheckpointCache:
-    """Trained models as state dicts under a content hash of their training configuration."""
-
-    def __init__(self, directory: Path, warn: Callable[[str], None]):
-        self.directory = directory
-        self.warn = warn
-
-    def path(self, key: str) -> Path:
-        return self.directory / f"{key}.pt"
-
-    def load(self, key: str, config: Mapping[str, Any], model: Model) -> float | None:
-        """Load weights into ``model``; return the recorded training seconds, or None if absent or unusable."""
-        path = self.path(key)
-        if not path.exists():
-            return None
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            meta = json.loads(payload["meta"])
-            if meta.get("format") != CHECKPOINT_FORMAT or meta.get("config") != json.loads(json.dumps(config)):
-                raise ValueError("it was written for another configuration")
-            model.load_state_dict(payload["state_dict"], strict=True)
-            return float(meta["train_seconds"])
-        except Exception as exc:
-            self.warn(f"checkpoint {path} is unusable ({one_line(exc)}); retraining")
-            return None
-
-    def save(self, key: str, config: Mapping[str, Any], model: Model, train_seconds: float) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        meta = json.dumps({"format": CHECKPOINT_FORMAT, "config": config, "train_seconds": train_seconds})
-        tmp = self.path(key).with_suffix(".tmp")
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save({"state_dict": state, "meta": meta}, tmp)
-        tmp.replace(self.path(key))
+def seed_of(key: str) -> int:
+    """A seed that depends only on a configuration key, not on the order of the run."""
+    return int(key[:8], 16)
 
 
 @dataclass
@@ -119,29 +97,54 @@ class Skip(Exception):
     reason: str
 
 
+@dataclass(frozen=True)
+class CellResult:
+    """What computing a cell gave: a status, a one-line message and the measured columns."""
+
+    cell: Cell
+    status: str
+    message: str = ""
+    measurements: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class TrainedModel:
+    """A trained model with its clean predictions (draws, n) on the cell's test samples."""
+
     model: Model
     train_seconds: float
-    clean_pred: torch.Tensor
     x: torch.Tensor
     y: torch.Tensor
+    draws: int
+    clean_pred: torch.Tensor
+
+
+@dataclass(frozen=True)
+class AttackRun:
+    """One attack run over the test samples, as cached: per-sample outputs and per-run scalars."""
+
+    x_adv: torch.Tensor
+    norms: torch.Tensor
+    extras: dict[str, torch.Tensor]
+    scalars: dict[str, float]
+    seconds: float
 
 
 @dataclass
-class Executor:
-    """Computes cells; caches datasets and trained models for the cells that share them."""
+class Workspace:
+    """What computing a group needs besides its cells: the plugins, the device, the caches.
+
+    It holds no results: datasets are kept in memory (they are inputs), trained models are not.
+    """
 
     registry: Registry
     device: torch.device
-    cache: CheckpointCache
+    cache: ArtifactCache
     data_dir: Path
     batch_size: int
     progress: Progress
-    metric_entries: tuple[Entry, ...] = ()
+    warn: Callable[[str], None]
     _datasets: dict[str, Dataset] = field(default_factory=dict)
-    _trained: dict[str, TrainedModel] = field(default_factory=dict)
-    _failed: dict[str, Exception] = field(default_factory=dict)
 
     def dataset(self, entry: Entry) -> Dataset:
         key = config_hash(entry.config)
@@ -150,7 +153,10 @@ class Executor:
             self._datasets[key] = _built(data, Dataset, f"dataset '{entry.label}'")
         return self._datasets[key]
 
-    def _train(self, cell: Cell) -> tuple[Model, float]:
+    # --- training ---
+
+    def trained(self, cell: Cell) -> TrainedModel:
+        """The cell's model, trained (or loaded) with its head fitted (or loaded), and its clean predictions."""
         data = self.dataset(cell.dataset)
         seed_everything(cell.seed)  # before building: initial weights depend on it
         model = cell.model.component.build(cell.model.params, input_shape=data.input_shape, num_classes=data.num_classes)
@@ -159,134 +165,347 @@ class Executor:
         missing = sorted(defense.requires - model.capabilities)
         if missing:
             raise Skip(f"defense '{cell.defense.label}' needs {', '.join(missing)}, which model '{cell.model.label}' lacks")
-        train_seconds = self.cache.load(cell.training_key, cell.training_config, model)
+        model = _built(defense.prepare(model), Model, f"defense '{cell.defense.label}' (prepare)")
+        ctx = self._context(cell)
+        head = _head_keys(model)
+        train_seconds = self._load_backbone(cell, model, head)
         if train_seconds is None:
-            ctx = TrainContext(
-                seed=cell.seed,
-                device=self.device,
-                progress=self.progress,
-                build_attack=self.build_attack,
-                teacher=lambda: self._teacher(cell),
-            )
+            structure = {k: v.shape for k, v in model.state_dict().items()}
+            warm_up()
             started = time.perf_counter()
             model = _built(defense.train(model, data, ctx), Model, f"defense '{cell.defense.label}'")
             train_seconds = time.perf_counter() - started
-            self.cache.save(cell.training_key, cell.training_config, model, train_seconds)
-        return model.to(self.device).eval(), train_seconds
+            if {k: v.shape for k, v in model.state_dict().items()} != structure:
+                raise ValueError(
+                    f"defense '{cell.defense.label}' returned a model whose state differs from what prepare() built: "
+                    "build added or wrapped modules in Defense.prepare so that the cached model can be loaded"
+                )
+            state = {k: v for k, v in model.state_dict().items() if k not in head}
+            self.cache.save("models", cell.training_key, cell.training_config, state, train_seconds=train_seconds)
+        model.to(self.device).eval()
+        self._fit_head(cell, model, data, ctx, head)
+        x, y = data.x_test[: cell.n_samples], data.y_test[: cell.n_samples]
+        draws = cell.draws if model.stochastic else 1
+        clean = self.predictions(model, x, draws, cell.model_key)
+        return TrainedModel(model, train_seconds, x, y, draws, clean)
+
+    def _load_backbone(self, cell: Cell, model: Model, head: set[str]) -> float | None:
+        entry = self.cache.load("models", cell.training_key, cell.training_config)
+        if entry is None:
+            return None
+        missing, unexpected = model.load_state_dict(entry.tensors, strict=False)
+        if unexpected or set(missing) != head:
+            self.warn(f"cached model {self.cache.path('models', cell.training_key)} does not fit the model's structure; retraining")
+            return None
+        return float(entry.meta["train_seconds"])
+
+    def _fit_head(self, cell: Cell, model: Model, data: Dataset, ctx: TrainContext, head: set[str]) -> None:
+        if head:
+            entry = self.cache.load("heads", cell.model_key, cell.model_config)
+            if entry is not None and set(entry.tensors) == head:
+                model.load_state_dict(entry.tensors, strict=False)
+                return
+        seed_everything(cell.seed)
+        model.fit_head(data, ctx)
+        model.eval()
+        if head:
+            state = {k: v for k, v in model.state_dict().items() if k in head}
+            self.cache.save("heads", cell.model_key, cell.model_config, state)
+
+    def _context(self, cell: Cell) -> TrainContext:
+        return TrainContext(
+            seed=cell.seed,
+            device=self.device,
+            progress=self.progress,
+            build_attack=lambda table: self.training_attack(table, cell),
+            teacher=lambda: self._teacher(cell),
+            loop=fit,
+        )
 
     def _teacher(self, cell: Cell) -> Model:
+        """The cell's model trained without defense, from the cache when it is there; the
+        caller's random streams are the same whether it was trained now or loaded."""
         standard = self.registry.get("defense", DEFAULT_DEFENSES[0]["name"])
         plain = Entry(label=standard.name, component=standard, params=dict(standard.params))
-        teacher_cell = dataclasses.replace(cell, defense=plain)
-        return self.trained(teacher_cell).model
+        with preserved_rng():
+            return self.trained(dataclasses.replace(cell, defense=plain)).model
 
-    def trained(self, cell: Cell) -> TrainedModel:
-        """The cell's trained model with its clean predictions on the cell's test samples.
+    def training_attack(self, table: Mapping[str, Any], cell: Cell) -> TrainingAttack:
+        """An attack for adversarial training, from a (suite-validated) table with its eps."""
+        attack = _built(self.registry.build_from_table("attack", table, ignore=["eps"]), Attack, f"attack '{table.get('name')}'")
+        eps = table.get("eps")
+        seed = seed_of(config_hash({"training": cell.training_key, "attack": dict(table)}))
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return TrainingAttack(attack, None if eps is None else float(eps), generator, f"training attack '{table.get('name')}'")
 
-        A training that failed is not tried again for the other cells that share it.
-        """
-        if cell.training_key in self._failed:
-            raise self._failed[cell.training_key]
-        if cell.training_key not in self._trained:
-            try:
-                model, seconds = self._train(cell)
-            except Exception as exc:
-                self._failed[cell.training_key] = exc
-                raise
-            data = self.dataset(cell.dataset)
-            x, y = data.x_test[: cell.n_samples], data.y_test[: cell.n_samples]
-            self._trained[cell.training_key] = TrainedModel(model, seconds, predict_batched(model, x, self.device), x, y)
-        return self._trained[cell.training_key]
+    @torch.no_grad()
+    def predictions(self, model: Model, x: torch.Tensor, draws: int, key: str) -> torch.Tensor:
+        """Labels (draws, n); draw d of a stochastic model is seeded the same for every input set,
+        so that an unchanged input gets the same prediction clean and under attack."""
+        rows = []
+        for draw in range(draws):
+            if model.stochastic:
+                seed_everything(seed_of(key) + draw)
+            rows.append(predict_batched(model, x, self.device))
+        return torch.stack(rows)
 
-    def build_attack(self, spec: Mapping[str, Any]) -> Attack:
-        """An attack from a suite-style table, for defenses that train against one."""
-        attack = self.registry.build_from_table("attack", spec, ignore=["eps"])
-        return _built(attack, Attack, f"attack '{spec.get('name')}'")
+    # --- attacks ---
 
-    def attack_cells(
-        self, cells: list[Cell], on_start: Callable[[Cell], None]
-    ) -> Iterator[tuple[Cell, dict[str, Any]]]:
-        """Results for cells that share one trained model and one attack entry (one per eps)."""
-        first = cells[0]
-        on_start(first)
-        trained = self.trained(first)
-        model = trained.model
-        attack = _built(first.attack.component.build(first.attack.params), Attack, f"attack '{first.attack.label}'")
-        missing = sorted(attack.requires - model.capabilities)
-        if missing:
-            raise Skip(f"attack '{first.attack.label}' needs {', '.join(missing)}, which model '{first.model.label}' lacks")
-        metrics = [
-            (entry, _built(entry.component.build(entry.params), Metric, f"metric '{entry.label}'"))
-            for entry in self.metric_entries
-        ]
-        if attack.minimal_norm:
-            seed_everything(attack_seed(first, minimal_norm=True))
-            x_adv, norms, seconds = self._run_attack(attack, trained, None, first.describe())
-            for cell in cells:
-                if cell is not first:
-                    on_start(cell)
-                within = norms <= cell.eps + 1e-9
-                x_eps = torch.where(within.view(-1, *[1] * (x_adv.ndim - 1)), x_adv, trained.x)
-                yield cell, self._score(cell, trained, x_eps, seconds, metrics)
-        else:
-            for cell in cells:
-                if cell is not first:
-                    on_start(cell)
-                seed_everything(attack_seed(cell, minimal_norm=False))
-                x_adv, _, seconds = self._run_attack(attack, trained, cell.eps, cell.describe())
-                yield cell, self._score(cell, trained, x_adv, seconds, metrics)
-
-    def _run_attack(
-        self, attack: Attack, trained: TrainedModel, eps: float | None, description: str
-    ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        adversarial, norms = [], []
-        started = time.perf_counter()
+    def attack_run(self, trained: TrainedModel, attack: Attack, cell: Cell, label: str) -> AttackRun:
+        """The attack's run for this cell (all eps at once for a minimal-norm attack), from the
+        cache or computed, with every batch checked against the threat model."""
+        minimal = attack.minimal_norm
+        key, config = cell.run_key(minimal), cell.run_config(minimal)
+        entry = self.cache.load("attacks", key, config)
+        if entry is not None:
+            tensors = dict(entry.tensors)
+            x_adv, norms = tensors.pop("x_adv"), tensors.pop("norms")
+            return AttackRun(x_adv, norms, tensors, dict(entry.meta["scalars"]), float(entry.meta["seconds"]))
+        eps = None if minimal else cell.eps
+        seed = seed_of(key)
+        seed_everything(seed)  # for attacks that draw from the global generators (ART)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        outcomes: list[AttackOutcome] = []
         batches = list(zip(trained.x.split(self.batch_size), trained.y.split(self.batch_size)))
-        for x, y in self.progress(batches, f"attack {description}") if len(batches) > 1 else batches:
+        started = time.perf_counter()
+        for x, y in self.progress(batches, f"attack {cell.describe()}") if len(batches) > 1 else batches:
             x, y = x.to(self.device), y.to(self.device)
-            result = attack.run(trained.model, x, y, eps)
-            adversarial.append(result.x_adv.detach().cpu())
-            norms.append(result.norms.detach().cpu())
-        return torch.cat(adversarial), torch.cat(norms), time.perf_counter() - started
+            outcome = attack.run(trained.model, x, y, eps, generator)
+            norms = perturbation_norms(outcome.x_adv - x, attack.norm) if attack.norm in NORMS else outcome.norms
+            problem = budget_violation(outcome.x_adv, norms, attack.norm, eps)
+            if problem:
+                plugin = cell.attack.component.plugin
+                raise ValueError(f"attack '{label}' (plugin '{plugin}') {problem}")
+            outcomes.append(dataclasses.replace(outcome, norms=norms))
+        seconds = time.perf_counter() - started
+        run = _concatenated(outcomes, seconds)
+        self.cache.save(
+            "attacks", key, config, {"x_adv": run.x_adv, "norms": run.norms, **run.extras}, scalars=run.scalars, seconds=seconds
+        )
+        return run
 
-    def _score(
-        self,
-        cell: Cell,
-        trained: TrainedModel,
-        x_adv: torch.Tensor,
-        attack_seconds: float,
-        metrics: list[tuple[Entry, Metric]],
-    ) -> dict[str, Any]:
-        y = trained.y
-        clean_correct = trained.clean_pred == y
-        robust = clean_correct & (predict_batched(trained.model, x_adv, self.device) == y)
-        broken = clean_correct & ~robust
-        delta = (x_adv - trained.x).flatten(1).double()
-        l2 = delta.norm(dim=1)[broken]
-        n = len(y)
-        low, high = wilson_interval(int(robust.sum()), n)
-        row: dict[str, Any] = {
-            "n_samples": n,
-            "clean_accuracy": clean_correct.double().mean().item(),
-            "robust_accuracy": robust.double().mean().item(),
-            "robust_accuracy_ci_low": low,
-            "robust_accuracy_ci_high": high,
-            "attack_success_rate": broken.sum().item() / clean_correct.sum().item() if clean_correct.any() else float("nan"),
-            "mean_perturbation_l2": l2.mean().item() if len(l2) else float("nan"),
-            "median_perturbation_l2": l2.median().item() if len(l2) else float("nan"),
-            "max_perturbation_linf": delta.abs().max().item() if delta.numel() else 0.0,
-            "train_seconds": trained.train_seconds,
-            "attack_seconds": attack_seconds,
-        }
-        for entry, metric in metrics:
+    def outcome(self, trained: TrainedModel, run: AttackRun, cell: Cell, norm: str, minimal: bool) -> CellOutcome:
+        """The cell's per-sample outcomes: for a minimal-norm attack, the inputs within the cell's eps."""
+        x, y = trained.x, trained.y
+        x_adv, norms = run.x_adv, run.norms
+        if minimal:
+            within = norms <= cell.eps + 1e-9
+            x_adv = torch.where(within.view(-1, *[1] * (x.ndim - 1)), x_adv, x)
+            norms = torch.where(within, norms, torch.zeros_like(norms))
+        adv_pred = self.predictions(trained.model, x_adv, trained.draws, cell.model_key)
+        clean_ok = trained.clean_pred == y
+        return CellOutcome(
+            norm=norm,
+            eps=cell.eps,
+            index=torch.arange(len(y)),
+            x=x,
+            y=y,
+            x_adv=x_adv,
+            clean_correct=clean_ok.double().mean(dim=0),
+            robust=(clean_ok & (adv_pred == y)).double().mean(dim=0),
+            adv_label=adv_pred[0],
+            norms=norms,
+            extras=run.extras,
+            scalars=run.scalars,
+        )
+
+
+def _concatenated(outcomes: Sequence[AttackOutcome], seconds: float) -> AttackRun:
+    sizes = [len(o.x_adv) for o in outcomes]
+    extras = {name: torch.cat([o.extras[name].detach().cpu() for o in outcomes]) for name in outcomes[0].extras}
+    scalars = {name: float(np.average([o.scalars[name] for o in outcomes], weights=sizes)) for name in outcomes[0].scalars}
+    return AttackRun(
+        torch.cat([o.x_adv.cpu() for o in outcomes]),
+        torch.cat([o.norms.detach().cpu() for o in outcomes]),
+        extras,
+        scalars,
+        seconds,
+    )
+
+
+def compute_group(cells: Sequence[Cell], workspace: Workspace, on_start: Callable[[Cell], None]) -> Iterator[CellResult]:
+    """Results for cells sharing one trained model (``model_key``), in order.
+
+    The model is trained or loaded once and released when the group is done. An attack entry's
+    cells (a sweep) are yielded as each is scored, or together when a sweep metric needs them all.
+    """
+    first = cells[0]
+    on_start(first)
+    try:
+        trained = workspace.trained(first)
+    except Skip as skip:
+        yield from (CellResult(cell, "skipped", skip.reason) for cell in cells)
+        return
+    except Exception as exc:
+        message = one_line(exc)
+        workspace.warn(f"error in {first.describe()}: {message}")
+        yield from (CellResult(cell, "error", message) for cell in cells)
+        return
+    metrics = _Metrics(workspace, first.metrics, trained)
+    for sweep in _grouped(cells, key=lambda c: c.attack.label):
+        yield from _compute_sweep(sweep, workspace, trained, metrics, on_start, announced=first)
+
+
+def _compute_sweep(
+    cells: list[Cell],
+    workspace: Workspace,
+    trained: TrainedModel,
+    metrics: _Metrics,
+    on_start: Callable[[Cell], None],
+    announced: Cell,
+) -> Iterator[CellResult]:
+    entry = cells[0].attack
+    try:
+        attack = _built(entry.component.build(entry.params), Attack, f"attack '{entry.label}'")
+    except Exception as exc:
+        yield from (CellResult(cell, "error", one_line(exc)) for cell in cells)
+        return
+    missing = sorted(attack.requires - trained.model.capabilities)
+    if missing:
+        reason = f"attack '{entry.label}' needs {', '.join(missing)}, which model '{cells[0].model.label}' lacks"
+        yield from (CellResult(cell, "skipped", reason) for cell in cells)
+        return
+    held = metrics.has_sweep
+    results: list[CellResult] = []
+    outcomes: list[CellOutcome] = []
+    shared_run: AttackRun | None = None
+    for cell in cells:
+        if cell is not announced:
+            on_start(cell)
+        try:
+            if attack.minimal_norm:
+                shared_run = shared_run or workspace.attack_run(trained, attack, cell, entry.label)
+                run = shared_run
+            else:
+                run = workspace.attack_run(trained, attack, cell, entry.label)
+            outcome = workspace.outcome(trained, run, cell, attack.norm, attack.minimal_norm)
+        except Exception as exc:
+            message = one_line(exc)
+            workspace.warn(f"error in {cell.describe()}: {message}")
+            result = CellResult(cell, "error", message)
+        else:
+            values, problems = metrics.per_cell(outcome)
+            measurements = {
+                **scores(outcome),
+                "train_seconds": trained.train_seconds,
+                "attack_seconds": run.seconds,
+                **{f"metric_{name}": value for name, value in run.scalars.items()},
+                **values,
+            }
+            result = CellResult(cell, "ok", "; ".join(problems), measurements)
+            outcomes.append(outcome)
+        if held:
+            results.append(result)
+        else:
+            yield result
+    if held:
+        values, problems = metrics.per_sweep(outcomes)
+        for result in results:
+            if result.status == "ok":
+                message = "; ".join(filter(None, [result.message, *problems]))
+                result = dataclasses.replace(result, message=message, measurements={**result.measurements, **values})
+            yield result
+
+
+class _Metrics:
+    """The suite's metrics for one group: built once, model metrics computed once, and a metric
+    that fails reported in the row's message (its column empty) instead of failing the cell."""
+
+    def __init__(self, workspace: Workspace, entries: Sequence[Entry], trained: TrainedModel):
+        self.workspace = workspace
+        self.trained = trained
+        self.metrics: list[tuple[Entry, Metric]] = []
+        self.failed: dict[str, str] = {}
+        for entry in entries:
+            try:
+                metric = _built(entry.component.build(entry.params), Metric, f"metric '{entry.label}'")
+            except Exception as exc:
+                self.failed[f"metric_{entry.label}"] = f"metric '{entry.label}' failed: {one_line(exc)}"
+                continue
+            if not isinstance(metric, (CellMetric, ModelMetric, SweepMetric)):
+                metric = _EarlierFormMetric(metric, workspace.device)
+            self.metrics.append((entry, metric))
+        self.has_sweep = any(isinstance(m, SweepMetric) for _, m in self.metrics)
+        self._model_values: tuple[dict[str, float], list[str]] | None = None
+
+    def per_cell(self, outcome: CellOutcome) -> tuple[dict[str, float], list[str]]:
+        """Cell and model metrics for one cell's row (sweep metrics wait for :meth:`per_sweep`)."""
+        model, device = self.trained.model, self.workspace.device
+        if self._model_values is None:
+            x, y = self.trained.x.to(device), self.trained.y.to(device)
+            self._model_values = self._evaluate(ModelMetric, lambda m: m.evaluate(model, x, y))
+        values, problems = self._evaluate(CellMetric, lambda m: m.evaluate(model, outcome))
+        model_values, model_problems = self._model_values
+        failed = {column: float("nan") for column in self.failed}
+        return {**failed, **model_values, **values}, [*self.failed.values(), *model_problems, *problems]
+
+    def per_sweep(self, outcomes: Sequence[CellOutcome]) -> tuple[dict[str, float], list[str]]:
+        return self._evaluate(SweepMetric, lambda m: m.evaluate(self.trained.model, outcomes))
+
+    def _evaluate(self, scope: type[Metric], evaluate: Callable[[Any], float]) -> tuple[dict[str, float], list[str]]:
+        values: dict[str, float] = {}
+        problems: list[str] = []
+        for entry, metric in self.metrics:
+            if not isinstance(metric, scope):
+                continue
             value = float("nan")
-            if metric.requires <= trained.model.capabilities:
-                value = float(metric.compute(trained.model, trained.x.to(self.device), y.to(self.device), x_adv.to(self.device)))
-            row[f"metric_{entry.label}"] = value
-        return row
+            if metric.requires <= self.trained.model.capabilities:
+                try:
+                    value = float(evaluate(metric))
+                except Exception as exc:
+                    problem = f"metric '{entry.label}' failed: {one_line(exc)}"
+                    self.workspace.warn(problem)
+                    problems.append(problem)
+            values[f"metric_{entry.label}"] = value
+        return values, problems
 
 
-T = TypeVar("T")
+class _EarlierFormMetric(CellMetric):
+    """A metric written against the earlier guide (``compute(model, x, y, x_adv)``) as a cell metric."""
+
+    def __init__(self, metric: Metric, device: torch.device):
+        self.metric = metric
+        self.device = device
+        self.requires = metric.requires
+
+    def evaluate(self, model: Model, outcome: CellOutcome) -> float:
+        x, y, x_adv = (t.to(self.device) for t in (outcome.x, outcome.y, outcome.x_adv))
+        return self.metric.compute(model, x, y, x_adv)
+
+
+def scores(outcome: CellOutcome) -> dict[str, Any]:
+    """The leaderboard's accuracy and perturbation columns for one cell's outcomes."""
+    n = len(outcome.y)
+    clean, robust = outcome.clean_correct, outcome.robust
+    broken = robust < clean  # misclassified under attack in some draw where it was correct clean
+    delta = outcome.x_adv - outcome.x
+    l2 = perturbation_norms(delta, "l2")[broken].numpy()
+    low, high = wilson_interval(int(round(robust.sum().item())), n)
+    return {
+        "n_samples": n,
+        "clean_accuracy": clean.mean().item(),
+        "robust_accuracy": robust.mean().item(),
+        "robust_accuracy_ci_low": low,
+        "robust_accuracy_ci_high": high,
+        "attack_success_rate": ((clean - robust).sum() / clean.sum()).item() if clean.sum() > 0 else float("nan"),
+        "mean_perturbation_l2": float(np.mean(l2)) if len(l2) else float("nan"),
+        "median_perturbation_l2": float(np.median(l2)) if len(l2) else float("nan"),
+        "max_perturbation_linf": perturbation_norms(delta, "linf").max().item() if n else 0.0,
+    }
+
+
+def _grouped(items: Iterable[T], key: Callable[[T], Any]) -> list[list[T]]:
+    """Items grouped by key, groups in order of first appearance."""
+    groups: dict[Any, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return list(groups.values())
+
+
+def _head_keys(model: Model) -> set[str]:
+    """The state-dict keys of the model's head modules (found by identity, so wrappers work)."""
+    ids = {id(t) for module in model.head_modules() for t in (*module.parameters(), *module.buffers())}
+    return {key for key, value in model.state_dict(keep_vars=True).items() if id(value) in ids}
 
 
 def _built(obj: Any, expected: type[T], what: str) -> T:

@@ -17,7 +17,7 @@ from harness.errors import UsageError, ValidationError
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KEY = ["dataset", "model", "defense", "attack", "norm", "eps", "seed"]
 STATUSES = ("ok", "skipped", "error")
 METRIC_PREFIX = "metric_"
@@ -32,7 +32,7 @@ RESULT_COLUMNS = [
 ]  # fmt: skip
 PROVENANCE_COLUMNS = [
     *(f"{kind}_{field}" for kind in COMPONENT_KINDS for field in ("params", "plugin", "distribution", "version")),
-    "harness_version", "torch_version", "numpy_version", "art_version", "python_version",
+    "metrics", "harness_version", "torch_version", "numpy_version", "art_version", "python_version",
     "device", "created_at",
 ]  # fmt: skip
 COLUMNS = RESULT_COLUMNS + PROVENANCE_COLUMNS

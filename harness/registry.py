@@ -38,7 +38,20 @@ class RegisterFunction(Protocol):
         params: Mapping[str, Any] | None = None,
         choices: Mapping[str, Iterable[Any]] | None = None,
         description: str = "",
+        imports: Iterable[str] = (),
+        evaluation_params: Iterable[str] = (),
+        higher_is_better: bool | None = None,
     ) -> None: ...
+
+
+@dataclass(frozen=True)
+class ComponentTable:
+    """The default of a parameter whose value is a suite-style table naming another component,
+    e.g. the attack a defense trains against: ``ComponentTable("attack", {"name": "pgd", "eps": 0.3})``.
+    A suite's table is validated like a top-level entry (an attack's ``eps`` is one number)."""
+
+    kind: str
+    default: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,10 @@ class Component:
 
     ``params`` maps each parameter to its default; a suite may override them, and the default's
     type is the type a suite must give. A default of ``None`` accepts a number or is left unset.
+    ``imports`` are modules the component imports lazily (checked before a run trains anything);
+    ``evaluation_params`` are parameters that choose how a trained model is evaluated (its head),
+    not how it is trained, so entries differing only in them share one trained model.
+    ``higher_is_better`` (metrics) tells ``harness show --sort`` which way to rank its column.
     """
 
     kind: str
@@ -74,6 +91,16 @@ class Component:
     plugin: str
     distribution: str
     version: str
+    imports: tuple[str, ...] = ()
+    evaluation_params: tuple[str, ...] = ()
+    higher_is_better: bool | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the component's source (see :mod:`harness.fingerprint`)."""
+        from harness.fingerprint import source_fingerprint
+
+        return source_fingerprint(self.factory)
 
     def load(self) -> Callable[..., Any]:
         """The factory, importing it if it was registered as ``"module:attribute"``."""
@@ -119,8 +146,10 @@ _BAD = object()
 
 def _check_type(value: Any, default: Any) -> Any:
     """``value`` converted to the type of ``default``, or ``_BAD``."""
+    if isinstance(default, ComponentTable):
+        return dict(value) if isinstance(value, dict) else _BAD
     if default is None:
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else _BAD
+        return value if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)) else _BAD
     if isinstance(default, bool):
         return value if isinstance(value, bool) else _BAD
     if isinstance(default, int):
@@ -137,6 +166,8 @@ def _check_type(value: Any, default: Any) -> Any:
 
 
 def _type_name(default: Any) -> str:
+    if isinstance(default, ComponentTable):
+        return f"a table naming a registered {default.kind}"
     if default is None:
         return "a number"
     if isinstance(default, (list, tuple)):
@@ -287,6 +318,9 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo) -> Reg
         params: Mapping[str, Any] | None = None,
         choices: Mapping[str, Iterable[Any]] | None = None,
         description: str = "",
+        imports: Iterable[str] = (),
+        evaluation_params: Iterable[str] = (),
+        higher_is_better: bool | None = None,
     ) -> None:
         if kind == "attack" and "norm" not in (params or {}):
             raise PluginError(f"attack '{name}' of plugin '{plugin.name}' must declare a 'norm' parameter")
@@ -307,6 +341,9 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo) -> Reg
             plugin=plugin.name,
             distribution=plugin.distribution,
             version=plugin.version,
+            imports=tuple(imports),
+            evaluation_params=tuple(evaluation_params),
+            higher_is_better=higher_is_better,
         )
 
     return register

@@ -7,15 +7,16 @@ next one starts, so a killed run loses nothing, and a re-run computes only the m
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from harness.errors import ValidationError
 from harness.leaderboard import SCHEMA_VERSION, read_leaderboard, write_leaderboard
@@ -23,12 +24,11 @@ from harness.registry import Registry
 from harness.suite import Cell, Suite
 
 COMPLETE = ("ok", "skipped")
-T = TypeVar("T")
 
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get("HARNESS_CACHE_DIR") or Path(base) / "harness" / "models")
+    return Path(os.environ.get("HARNESS_CACHE_DIR") or Path(base) / "harness" / "cache")
 
 
 def default_data_dir() -> Path:
@@ -56,14 +56,6 @@ class RunSummary:
     seconds: float
 
 
-def _grouped(items: Iterable[T], key: Callable[[T], Hashable]) -> list[list[T]]:
-    """Items grouped by key, groups in order of first appearance."""
-    groups: dict[Hashable, list[T]] = {}
-    for item in items:
-        groups.setdefault(key(item), []).append(item)
-    return list(groups.values())
-
-
 def component_provenance(cell: Cell) -> dict[str, Any]:
     row = {}
     for kind in ("dataset", "model", "defense", "attack"):
@@ -73,6 +65,40 @@ def component_provenance(cell: Cell) -> dict[str, Any]:
         row[f"{kind}_distribution"] = entry.component.distribution
         row[f"{kind}_version"] = entry.component.version
     return row
+
+
+def metric_provenance(cell: Cell) -> str:
+    """The ``metrics`` column: each metric column's component, release, parameters and direction."""
+    return json.dumps(
+        {
+            entry.label: {
+                "name": entry.component.name,
+                "plugin": entry.component.plugin,
+                "distribution": entry.component.distribution,
+                "version": entry.component.version,
+                "params": dict(entry.params),
+                "higher_is_better": entry.component.higher_is_better,
+            }
+            for entry in cell.metrics
+        },
+        sort_keys=True,
+    )
+
+
+def build_row(
+    cell: Cell, status: str, message: str, measurements: Mapping[str, Any], environment: Mapping[str, str]
+) -> dict[str, Any]:
+    """The one place a leaderboard row is made: the cell's identity and provenance, what was
+    measured, its status, and the software and time that computed it."""
+    return {
+        **base_row(cell),
+        **measurements,
+        "status": status,
+        "message": message,
+        "metrics": metric_provenance(cell),
+        **environment,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def base_row(cell: Cell) -> dict[str, Any]:
@@ -118,8 +144,8 @@ def run_suite(
                 rows[record["cell_id"]] = record
             elif record["cell_id"] not in ids:
                 stale += 1
-    pending = [cell for cell in cells if cell.cell_id not in rows]
-    reused = len(rows)
+    pending = _pending(suite, cells, rows)
+    reused = len(cells) - len(pending)
 
     def persist() -> None:
         write_leaderboard([rows[c.cell_id] for c in cells if c.cell_id in rows], options.output)
@@ -141,6 +167,17 @@ def run_suite(
     )
 
 
+def _pending(suite: Suite, cells: list[Cell], rows: dict[str, dict[str, Any]]) -> list[Cell]:
+    """The cells to compute: those without a complete row. With metrics, a sweep (one model under
+    one attack entry, every eps) is computed whole, since a sweep metric needs all of it; the
+    attack runs of its finished cells come from the cache."""
+    missing = {cell.cell_id for cell in cells if cell.cell_id not in rows}
+    if suite.metrics:
+        sweeps = {(c.model_key, c.attack.label) for c in cells if c.cell_id in missing}
+        missing |= {c.cell_id for c in cells if (c.model_key, c.attack.label) in sweeps}
+    return [cell for cell in cells if cell.cell_id in missing]
+
+
 def _compute(
     suite: Suite,
     registry: Registry,
@@ -153,7 +190,10 @@ def _compute(
     from tqdm.auto import tqdm
 
     from harness import execute
+    from harness.cache import ArtifactCache
+    from harness.preflight import check_buildable
 
+    check_buildable(suite)
     show = sys.stderr.isatty() if options.progress is None else options.progress
 
     def progress(iterable: Iterable[Any], description: str) -> Iterable[Any]:
@@ -161,53 +201,32 @@ def _compute(
 
     device = execute.resolve_device(options.device)
     environment = execute.environment_provenance(device)
-    executor = execute.Executor(
+    workspace = execute.Workspace(
         registry=registry,
         device=device,
-        cache=execute.CheckpointCache(options.cache_dir, warn),
+        cache=ArtifactCache(options.cache_dir, warn),
         data_dir=options.data_dir,
         batch_size=suite.batch_size,
         progress=progress,
-        metric_entries=suite.metrics,
+        warn=warn,
     )
     registry.notify("suite_started", warn, suite=suite, cells=pending)
     bar = tqdm(total=len(pending), desc=suite.name, unit="cell", disable=not show, file=sys.stderr)
-
-    def finish(cell: Cell, status: str, message: str, result: dict[str, Any]) -> None:
-        row = {
-            **base_row(cell),
-            **result,
-            "status": status,
-            "message": message,
-            **environment,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        rows[cell.cell_id] = row
-        persist()
-        registry.notify("cell_finished", warn, cell=cell, row=row)
-        bar.update()
 
     def started(cell: Cell) -> None:
         bar.set_postfix_str(cell.describe())
         registry.notify("cell_started", warn, cell=cell)
 
+    groups: dict[str, list[Cell]] = {}
+    for cell in pending:
+        groups.setdefault(cell.model_key, []).append(cell)
     try:
-        for group in _grouped(pending, key=lambda c: c.training_key):
-            for cells in _grouped(group, key=lambda c: c.attack.label):
-                done: set[str] = set()
-                try:
-                    for cell, result in executor.attack_cells(cells, on_start=started):
-                        finish(cell, "ok", "", result)
-                        done.add(cell.cell_id)
-                except execute.Skip as skip:
-                    for cell in cells:
-                        if cell.cell_id not in done:
-                            finish(cell, "skipped", skip.reason, {})
-                except Exception as exc:
-                    message = execute.one_line(exc)
-                    warn(f"error in {cells[0].describe()}: {message}")
-                    for cell in cells:
-                        if cell.cell_id not in done:
-                            finish(cell, "error", message, {})
+        for group in groups.values():
+            for result in execute.compute_group(group, workspace, on_start=started):
+                row = build_row(result.cell, result.status, result.message, result.measurements, environment)
+                rows[result.cell.cell_id] = row
+                persist()
+                registry.notify("cell_finished", warn, cell=result.cell, row=row)
+                bar.update()
     finally:
         bar.close()

@@ -11,18 +11,23 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError, ValidationError
-from harness.registry import Component, Registry, did_you_mean
+from harness.registry import Component, ComponentTable, Registry, did_you_mean
 
 SECTIONS = {"datasets": "dataset", "models": "model", "defenses": "defense", "attacks": "attack", "metrics": "metric"}
-TOP_LEVEL_KEYS = {"name", "description", "seeds", "n_samples", "batch_size", "plugins", *SECTIONS}
+TOP_LEVEL_KEYS = {"name", "description", "seeds", "n_samples", "batch_size", "draws", "plugins", *SECTIONS}
 ENTRY_KEYS = {"name", "label"}
 DEFAULT_DEFENSES = [{"name": "none"}]
 DEFAULT_BATCH_SIZE = 256
+DEFAULT_DRAWS = 10
+TRAINING_REVISION = 2
+"""Bumped when the core changes how models are trained (the shared loop): part of every training key."""
+SCORING_REVISION = 2
+"""Bumped when the core changes how a row is computed from a trained model: part of every cell id."""
 
 
 def config_hash(config: Any) -> str:
@@ -33,17 +38,38 @@ def config_hash(config: Any) -> str:
 
 @dataclass(frozen=True)
 class Entry:
-    """One configured component of a suite; ``label`` is its name on the leaderboard."""
+    """One configured component of a suite; ``label`` is its name on the leaderboard.
+
+    ``uses`` holds the components named by nested tables among its parameters (a defense's
+    attack), whose identity is part of the entry's.
+    """
 
     label: str
     component: Component
     params: Mapping[str, Any]
     eps: tuple[float, ...] = ()
+    uses: Mapping[str, Component] = field(default_factory=dict)
 
     @property
     def config(self) -> dict[str, Any]:
-        c = self.component
-        return {"name": c.name, "distribution": c.distribution, "version": c.version, "params": dict(self.params)}
+        """The entry's identity: its component (release and source fingerprint) and parameters."""
+        return self._identity(dict(self.params))
+
+    @property
+    def training_config(self) -> dict[str, Any]:
+        """The identity without the evaluation parameters, which do not change training."""
+        evaluation = set(self.component.evaluation_params)
+        return self._identity({k: v for k, v in self.params.items() if k not in evaluation})
+
+    @property
+    def evaluation_params(self) -> dict[str, Any]:
+        return {k: self.params[k] for k in self.component.evaluation_params if k in self.params}
+
+    def _identity(self, params: dict[str, Any]) -> dict[str, Any]:
+        identity = {**component_identity(self.component), "params": params}
+        if self.uses:
+            identity["uses"] = {key: component_identity(c) for key, c in sorted(self.uses.items())}
+        return identity
 
     @property
     def params_json(self) -> str:
@@ -58,6 +84,7 @@ class Suite:
     seeds: tuple[int, ...]
     n_samples: int
     batch_size: int
+    draws: int
     datasets: tuple[Entry, ...]
     models: tuple[Entry, ...]
     defenses: tuple[Entry, ...]
@@ -67,7 +94,7 @@ class Suite:
     def cells(self) -> list[Cell]:
         """Every cell, in leaderboard order."""
         return [
-            Cell(self.name, dataset, model, defense, attack, eps, seed, self.n_samples, self.metrics)
+            Cell(self.name, dataset, model, defense, attack, eps, seed, self.n_samples, self.draws, self.metrics)
             for dataset, model, defense, attack, seed in itertools.product(
                 self.datasets, self.models, self.defenses, self.attacks, self.seeds
             )
@@ -77,7 +104,12 @@ class Suite:
 
 @dataclass(frozen=True)
 class Cell:
-    """One leaderboard row: a trained (dataset, model, defense, seed) under one attack at one eps."""
+    """One leaderboard row: a trained (dataset, model, defense, seed) under one attack at one eps.
+
+    Its keys name what can be shared and cached: the trained backbone (``training_key``), the
+    backbone with its evaluation head (``model_key``), one attack run on that model
+    (``run_key``; a minimal-norm attack's cells share one), and the row (``cell_id``).
+    """
 
     suite: str
     dataset: Entry
@@ -87,36 +119,66 @@ class Cell:
     eps: float
     seed: int
     n_samples: int
+    draws: int = DEFAULT_DRAWS
     metrics: tuple[Entry, ...] = ()
 
     @property
     def training_config(self) -> dict[str, Any]:
-        return {"dataset": self.dataset.config, "model": self.model.config, "defense": self.defense.config, "seed": self.seed}
+        return {
+            "dataset": self.dataset.config,
+            "model": self.model.training_config,
+            "defense": self.defense.config,
+            "seed": self.seed,
+            "revision": TRAINING_REVISION,
+        }
 
     @property
     def training_key(self) -> str:
-        """Names the trained model; cells sharing it share one training."""
+        """Names the trained backbone; cells sharing it share one training."""
         return config_hash(self.training_config)
 
     @property
-    def attack_key(self) -> str:
-        """Names one attack run on one trained model; a minimal-norm attack's cells share it."""
-        return config_hash({**self.training_config, "attack": self.attack.config, "n_samples": self.n_samples})
+    def model_config(self) -> dict[str, Any]:
+        return {**self.training_config, "evaluation": self.model.evaluation_params}
+
+    @property
+    def model_key(self) -> str:
+        """Names the trained model with its evaluation head; cells sharing it form one group."""
+        return config_hash(self.model_config)
+
+    def run_config(self, minimal_norm: bool) -> dict[str, Any]:
+        config = {**self.model_config, "attack": self.attack.config, "n_samples": self.n_samples}
+        return config if minimal_norm else {**config, "eps": self.eps}
+
+    def run_key(self, minimal_norm: bool) -> str:
+        """Names one attack run on the cell's model: per eps, or once for all eps of a minimal-norm
+        attack. Metrics and evaluation draws are not part of it: adding them reuses the run."""
+        return config_hash(self.run_config(minimal_norm))
 
     @property
     def cell_id(self) -> str:
         return config_hash(
             {
-                **self.training_config,
-                "attack": self.attack.config,
-                "eps": self.eps,
-                "n_samples": self.n_samples,
+                **self.run_config(minimal_norm=False),
+                "draws": self.draws,
                 "metrics": {m.label: m.config for m in self.metrics},
+                "revision": SCORING_REVISION,
             }
         )
 
     def describe(self) -> str:
         return f"{self.dataset.label}/{self.model.label}/{self.defense.label}/{self.attack.label}@{self.eps:g}/seed{self.seed}"
+
+
+def component_identity(component: Component) -> dict[str, str]:
+    """What identifies a component's code: its release and a fingerprint of its source, so that a
+    plugin edited in place (same version) recomputes the results it affects."""
+    return {
+        "name": component.name,
+        "distribution": component.distribution,
+        "version": component.version,
+        "source": component.fingerprint,
+    }
 
 
 def read_suite_file(path: Path) -> dict[str, Any]:
@@ -160,7 +222,7 @@ def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry) -> Suite
         problems.append(f"'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
     elif len(set(seeds)) != len(seeds):
         problems.append(f"'seeds' has duplicates: {seeds!r}")
-    for key, default in (("n_samples", None), ("batch_size", DEFAULT_BATCH_SIZE)):
+    for key, default in (("n_samples", None), ("batch_size", DEFAULT_BATCH_SIZE), ("draws", DEFAULT_DRAWS)):
         value = raw.get(key, default)
         if value is None:
             problems.append(f"missing field '{key}' (the number of test samples to attack)")
@@ -184,6 +246,7 @@ def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry) -> Suite
         seeds=tuple(seeds),
         n_samples=raw["n_samples"],
         batch_size=raw.get("batch_size", DEFAULT_BATCH_SIZE),
+        draws=raw.get("draws", DEFAULT_DRAWS),
         **{section: tuple(entries) for section, entries in sections.items()},
     )
 
@@ -229,8 +292,8 @@ def _parse_entries(
             if raw_eps is None:
                 problems.append(f"{where}: missing field 'eps' (a list of budgets)")
                 continue
-            if not (isinstance(raw_eps, list) and raw_eps and all(_is_number(e) and e >= 0 for e in raw_eps)):
-                problems.append(f"{where}: 'eps' must be a non-empty list of non-negative numbers, got {raw_eps!r}")
+            if not (isinstance(raw_eps, list) and raw_eps and all(_is_budget(e) for e in raw_eps)):
+                problems.append(f"{where}: 'eps' must be a non-empty list of non-negative numbers (or inf), got {raw_eps!r}")
                 continue
             if len(set(raw_eps)) != len(raw_eps):
                 problems.append(f"{where}: 'eps' has duplicates: {raw_eps!r}")
@@ -238,15 +301,52 @@ def _parse_entries(
             eps = tuple(float(e) for e in raw_eps)
         params_given = {k: v for k, v in table.items() if k not in ENTRY_KEYS and not (kind == "attack" and k == "eps")}
         params, param_problems = component.resolve_params(params_given)
+        uses = _resolve_nested(params, component, registry, param_problems)
         problems.extend(f"{where}: {p}" for p in param_problems)
         if not param_problems:
-            entries.append(Entry(label=label, component=component, params=params, eps=eps))
+            entries.append(Entry(label=label, component=component, params=params, eps=eps, uses=uses))
     return entries
+
+
+def _resolve_nested(
+    params: dict[str, Any], component: Component, registry: Registry, problems: list[str]
+) -> dict[str, Component]:
+    """Validate, in place, the parameters that are tables naming another component (a defense's
+    attack) like a suite's own entries: every parameter checked and filled in, an attack's single
+    ``eps`` required. Returns the components they name."""
+    uses = {}
+    for key, default in component.params.items():
+        if not isinstance(default, ComponentTable) or key not in params:
+            continue
+        table = params[key].default if isinstance(params[key], ComponentTable) else params[key]
+        where = f"parameter '{key}' ({default.kind})"
+        name = table.get("name")
+        if not isinstance(name, str):
+            problems.append(f"{where}: missing field 'name' (a string naming a registered {default.kind})")
+            continue
+        try:
+            nested = registry.get(default.kind, name)
+        except UsageError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        given = {k: v for k, v in table.items() if k not in ("name", "eps")}
+        resolved, nested_problems = nested.resolve_params(given)
+        problems.extend(f"{where}: {p}" for p in nested_problems)
+        if default.kind == "attack":
+            eps = table.get("eps")
+            if not _is_budget(eps):
+                problems.append(f"{where}: 'eps' must be a non-negative number (the training budget), got {eps!r}")
+                continue
+            resolved["eps"] = float(eps)
+        params[key] = {"name": name, **resolved}
+        uses[key] = nested
+    return uses
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _is_budget(value: Any) -> bool:
+    """A non-negative number; ``inf`` is an unbounded budget (for a minimal-norm attack)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value) and value >= 0

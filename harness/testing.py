@@ -19,30 +19,37 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from harness.contracts import (
-    CAPSULE_PRESENCES,
-    LATENT,
     LOGITS,
+    LOSS,
     NORMS,
-    RECONSTRUCTION,
     Attack,
+    CellMetric,
+    CellOutcome,
     Classifier,
     Dataset,
     Defense,
+    Metric,
     Model,
+    ModelMetric,
+    SweepMetric,
     TrainContext,
-    frozen,
+    TrainingAttack,
+    TrainingSettings,
+    TrainingState,
+    attacking,
+    budget_violation,
     perturbation_norms,
 )
-from harness.training import predict_batched, seed_everything
+from harness.training import fit, make_optimizer, predict_batched, seed_everything
 
 TOLERANCE = 1e-5
-CAPABILITY_METHODS = {LOGITS: "logits", CAPSULE_PRESENCES: "capsule_presences", LATENT: "encode", RECONSTRUCTION: "reconstruct"}
 
 
 def tiny_digits(n_train: int = 200, n_test: int = 50, size: int = 8) -> Dataset:
@@ -68,10 +75,16 @@ class _ReferenceMLP(Classifier):
         return self.net(x)
 
 
+def reference_builder(data: Dataset) -> Callable[[], Classifier]:
+    """Builds untrained small MLPs for ``data``: the ``build`` argument of :func:`check_defense`
+    for a defense that works with any classifier."""
+    return lambda: _ReferenceMLP(data.input_shape, data.num_classes)
+
+
 def reference_classifier(data: Dataset, seed: int = 0) -> Classifier:
     """A small MLP trained on ``data``: a model with ``logits`` to check attacks against."""
     seed_everything(seed)
-    model = _ReferenceMLP(data.input_shape, data.num_classes)
+    model = reference_builder(data)()
     model.fit(data, make_context(seed))
     return model.eval()
 
@@ -80,21 +93,26 @@ def make_context(
     seed: int = 0, device: str | torch.device = "cpu", teacher: Callable[[], Model] | None = None
 ) -> TrainContext:
     """A training context like the runner's; ``build_attack`` uses the installed plugins."""
+    device = torch.device(device)
 
-    def build_attack(spec):
+    def build_attack(table: Mapping[str, Any]) -> TrainingAttack:
         from harness.registry import load_plugins
 
-        return load_plugins().build_from_table("attack", spec, ignore=["eps"])
+        attack = load_plugins().build_from_table("attack", table, ignore=["eps"])
+        generator = torch.Generator(device=device).manual_seed(seed)
+        eps = table.get("eps")
+        return TrainingAttack(attack, None if eps is None else float(eps), generator, f"attack '{table.get('name')}'")
 
     def no_teacher() -> Model:
         raise AssertionError("this context has no teacher; pass make_context(teacher=...)")
 
     return TrainContext(
         seed=seed,
-        device=torch.device(device),
+        device=device,
         progress=lambda it, _: it,
         build_attack=build_attack,
         teacher=teacher or no_teacher,
+        loop=fit,
     )
 
 
@@ -115,18 +133,37 @@ def check_dataset(data: Dataset) -> None:
 def check_model(build: Callable[[], Model], data: Dataset, *, ctx: TrainContext | None = None, train: bool = True) -> Model:
     """Build a model, train it (unless ``train=False``), check it and return it.
 
-    Checks ``predict`` (shape, dtype, label range, determinism in eval mode), ``logits`` where
-    declared, train/eval modes, and that a fresh model loading the state dict predicts the same.
+    Checks the training objective where ``loss`` is declared, ``predict`` (shape, dtype, label
+    range, and determinism in eval mode, or reproducibility under a seed for a stochastic model),
+    ``logits`` where declared, the evaluation head, train/eval modes, and that a fresh model
+    loading the state dict predicts the same.
     """
     ctx = ctx or make_context()
     seed_everything(ctx.seed)
     model = build()
     assert isinstance(model, Model), f"the model must be a harness Model, got {type(model).__name__}"
     assert tuple(model.input_shape) == data.input_shape, f"model.input_shape {model.input_shape} != {data.input_shape}"
+    if model.has(LOSS):
+        _check_objective(model, data, ctx)
     if train:
         model.fit(data, ctx)
+    model.fit_head(data, ctx)
     check_trained_model(model, data, build)
     return model
+
+
+def _check_objective(model: Model, data: Dataset, ctx: TrainContext) -> None:
+    settings = model.training_settings()
+    assert isinstance(settings, TrainingSettings), "training_settings() must return a harness TrainingSettings"
+    assert settings.epochs >= 0 and settings.batch_size > 0, f"bad training settings: {settings}"
+    model.to(ctx.device).train()
+    optimizer = make_optimizer(settings, list(model.parameters()))
+    state = TrainingState(model, data, ctx, settings, optimizer, data.x_train, data.y_train)
+    loss = model.loss(data.x_train[:8].to(ctx.device), data.y_train[:8].to(ctx.device), state)
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0, "loss() must return a scalar tensor"
+    assert torch.isfinite(loss), f"loss() returned {loss.item()} on a batch of training data"
+    assert loss.requires_grad, "loss() must be differentiable with respect to the parameters"
+    optimizer.zero_grad(set_to_none=True)
 
 
 def check_trained_model(model: Model, data: Dataset, build: Callable[[], Model]) -> None:
@@ -137,12 +174,17 @@ def check_trained_model(model: Model, data: Dataset, build: Callable[[], Model])
     assert model.training, "model.train() must put the model in training mode"
     model.eval()
     assert not model.training, "model.eval() must put the model in evaluation mode"
-    labels = model.predict(x)
+    labels = _predict(model, x)
     assert isinstance(labels, torch.Tensor), f"predict must return a tensor, got {type(labels).__name__}"
     assert labels.shape == (len(x),), f"predict must return shape ({len(x)},), got {tuple(labels.shape)}"
     assert labels.dtype == torch.int64, f"predict must return int64 labels, got {labels.dtype}"
     assert labels.min() >= 0 and labels.max() < model.num_classes, "predict returned labels outside [0, num_classes)"
-    assert torch.equal(labels, model.predict(x)), "predict must be deterministic in evaluation mode"
+    if model.stochastic:
+        assert torch.equal(labels, _predict(model, x)), "a stochastic model must predict the same under the same seed"
+    else:
+        assert torch.equal(labels, model.predict(x)), (
+            "predict must be deterministic in evaluation mode (declare stochastic = True if it samples)"
+        )
     assert labels.device == x.device, f"predict returned labels on {labels.device} for inputs on {x.device}"
     if model.has(LOGITS):
         x_var = x.clone().requires_grad_(True)
@@ -151,22 +193,35 @@ def check_trained_model(model: Model, data: Dataset, build: Callable[[], Model])
         assert logits.dtype.is_floating_point, f"logits must be floating point, got {logits.dtype}"
         (grad,) = torch.autograd.grad(logits.sum(), x_var, allow_unused=True)
         assert grad is not None, "logits must be differentiable with respect to the input"
-    for capability, method in CAPABILITY_METHODS.items():
-        if model.has(capability):
-            assert callable(getattr(model, method, None)), f"the model declares '{capability}' but has no {method}()"
+    for capability in model.capabilities:
+        assert callable(getattr(model, capability, None)), f"the model declares '{capability}' but has no {capability}()"
     fresh = build()
     fresh.load_state_dict(model.state_dict())
     fresh.to(device).eval()
-    assert torch.equal(predict_batched(fresh, data.x_test, device), predict_batched(model, data.x_test, device)), (
+    assert torch.equal(_predict_all(fresh, data, device), _predict_all(model, data, device)), (
         "a fresh model loading the state dict must predict the same: keep everything predict needs in "
         "parameters or buffers"
     )
 
 
-def check_defense(defense: Defense, build: Callable[[], Model], data: Dataset, *, ctx: TrainContext | None = None) -> Model:
-    """Train a fresh model with ``defense``; the result must satisfy the model contract.
+def _predict(model: Model, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    if model.stochastic:
+        seed_everything(seed)
+    return model.predict(x)
 
-    The default context's teacher is the same model with its standard training.
+
+def _predict_all(model: Model, data: Dataset, device: torch.device) -> torch.Tensor:
+    if model.stochastic:
+        seed_everything(0)
+    return predict_batched(model, data.x_test, device)
+
+
+def check_defense(defense: Defense, build: Callable[[], Model], data: Dataset, *, ctx: TrainContext | None = None) -> Model:
+    """Train a model with ``defense``; the result must satisfy the model contract and load into
+    the structure ``defense.prepare`` builds, as the runner's cache does.
+
+    ``build`` makes a fresh, untrained model (e.g. :func:`reference_builder`); the default
+    context's teacher is the same model with its standard training.
     """
     assert isinstance(defense, Defense), f"the defense must be a harness Defense, got {type(defense).__name__}"
     ctx = ctx or make_context(teacher=lambda: check_model(build, data))
@@ -174,19 +229,28 @@ def check_defense(defense: Defense, build: Callable[[], Model], data: Dataset, *
     model = build()
     missing = defense.requires - model.capabilities
     assert not missing, f"the model lacks {sorted(missing)}, which the defense requires"
-    trained = defense.train(model, data, ctx)
+    prepared = defense.prepare(model)
+    assert isinstance(prepared, Model), f"defense.prepare must return a harness Model, got {type(prepared).__name__}"
+    structure = {k: v.shape for k, v in prepared.state_dict().items()}
+    trained = defense.train(prepared, data, ctx)
     assert isinstance(trained, Model), f"defense.train must return a harness Model, got {type(trained).__name__}"
-    check_trained_model(trained, data, build)
+    assert {k: v.shape for k, v in trained.state_dict().items()} == structure, (
+        "defense.train must return a model with the structure defense.prepare built; add or wrap modules in prepare()"
+    )
+    trained.fit_head(data, ctx)
+    check_trained_model(trained, data, lambda: defense.prepare(build()))
     return trained
 
 
 class _CapabilityGuard(Model):
-    """The model as an attack that declared ``allowed`` may see it: other capabilities fail loudly."""
+    """The model as an attack that declared ``allowed`` may see it: any other capability fails loudly."""
 
     def __init__(self, model: Model, allowed: frozenset[str]):
         super().__init__(model.input_shape, model.num_classes)
         self.inner = model
         self.capabilities = model.capabilities & allowed
+        self.stochastic = model.stochastic
+        self._hidden = model.capabilities - allowed
 
     def fit(self, data: Dataset, ctx: TrainContext) -> None:
         raise AssertionError("an attack must not train the model")
@@ -194,27 +258,14 @@ class _CapabilityGuard(Model):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner.predict(x)
 
-    def _call(self, capability: str, *args, **kwargs):
-        method = CAPABILITY_METHODS[capability]
-        assert capability in self.capabilities, (
-            f"the attack calls model.{method}() but does not declare '{capability}' in its requires"
-        )
-        return getattr(self.inner, method)(*args, **kwargs)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x)
 
-    def logits(self, x):
-        return self._call(LOGITS, x)
-
-    def forward(self, x):
-        return self._call(LOGITS, x)
-
-    def capsule_presences(self, x):
-        return self._call(CAPSULE_PRESENCES, x)
-
-    def encode(self, x):
-        return self._call(LATENT, x)
-
-    def reconstruct(self, x):
-        return self._call(RECONSTRUCTION, x)
+    def __getattr__(self, name: str) -> Any:
+        if name in ("inner", "_hidden", "capabilities", "stochastic") or name.startswith("_"):
+            return super().__getattr__(name)
+        assert name not in self._hidden, f"the attack calls model.{name}() but does not declare '{name}' in its requires"
+        return getattr(self.inner, name)
 
 
 def check_attack(attack: Attack, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None = None) -> None:
@@ -228,7 +279,7 @@ def check_attack(attack: Attack, model: Model, x: torch.Tensor, y: torch.Tensor,
         assert eps is not None and eps > 0, "a budgeted attack is checked at some eps > 0"
     missing = attack.requires - model.capabilities
     assert not missing, f"the model lacks {sorted(missing)}, which the attack requires; check it on another model"
-    assert "eps" in inspect.signature(attack.perturb).parameters, "perturb must take (model, x, y, eps)"
+    assert "eps" in inspect.signature(attack.generate).parameters, "generate must take (model, x, y, eps, *, generator)"
     guarded = _CapabilityGuard(model, attack.requires).eval()
     odd = len(x) - 1 if len(x) % 2 == 0 else len(x)
     for batch in sorted({len(x), 1, max(odd, 1)}):
@@ -236,28 +287,82 @@ def check_attack(attack: Attack, model: Model, x: torch.Tensor, y: torch.Tensor,
     outputs = []
     for _ in range(2):
         seed_everything(1234)
-        outputs.append(attack.run(guarded, x.clone(), y.clone(), eps).x_adv)
+        outputs.append(attack.run(guarded, x.clone(), y.clone(), eps, _generator(x)).x_adv)
     assert torch.equal(outputs[0], outputs[1]), "the same seed must give the same adversarial examples"
+
+
+def _generator(x: torch.Tensor) -> torch.Generator:
+    return torch.Generator(device=x.device).manual_seed(1234)
 
 
 def _check_batch(attack: Attack, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None) -> None:
     before_x, before_y = x.clone(), y.clone()
-    with frozen(model):
-        x_adv = attack.perturb(model, x, y, eps)
+    model.train()
+    with attacking(model):
+        outcome = attack.generate(model, x, y, eps, generator=_generator(x))
+    assert model.training, "the model's train/eval mode must be restored after the attack"
+    model.eval()
+    x_adv = getattr(outcome, "x_adv", outcome)
     assert torch.equal(x, before_x) and torch.equal(y, before_y), "the attack modified its input"
-    assert isinstance(x_adv, torch.Tensor), f"perturb must return a tensor, got {type(x_adv).__name__}"
+    assert isinstance(x_adv, torch.Tensor), f"generate must return a tensor or an AttackOutcome, got {type(x_adv).__name__}"
     assert x_adv.shape == x.shape, f"the attack changed the shape: {tuple(x.shape)} -> {tuple(x_adv.shape)}"
     assert x_adv.dtype == x.dtype, f"the attack changed the dtype: {x.dtype} -> {x_adv.dtype}"
     assert x_adv.device == x.device, f"the attack changed the device: {x.device} -> {x_adv.device}"
-    assert x_adv.min() >= 0 and x_adv.max() <= 1, (
-        f"adversarial inputs must lie in [0, 1], got [{x_adv.min():.4g}, {x_adv.max():.4g}]"
-    )
+    for name, values in getattr(outcome, "extras", {}).items():
+        assert values.shape[:1] == (len(x),), f"extra '{name}' must have one value per sample, got {tuple(values.shape)}"
     norms = attack.perturbation_norms(x_adv - x)
     assert norms.shape == (len(x),), f"perturbation_norms must have shape ({len(x)},), got {tuple(norms.shape)}"
     if attack.norm in NORMS:
         actual = perturbation_norms(x_adv - x, attack.norm)
         assert torch.allclose(norms.double(), actual, atol=TOLERANCE), "perturbation_norms disagrees with the norm"
-    if eps is not None:
-        worst = norms.max().item()
-        assert worst <= eps + TOLERANCE, f"perturbation of {attack.norm} norm {worst:.6g} exceeds eps {eps:g}"
+    problem = budget_violation(x_adv, norms, attack.norm, eps)
+    assert problem is None, f"the attack {problem}"
 
+
+def check_metric(metric: Metric, model: Model, outcomes: Sequence[CellOutcome]) -> float:
+    """The metric returns a float for the model and cell outcomes of its scope, leaves its inputs
+    alone, and gives the same value twice; returns the value. Make outcomes with :func:`outcome_of`."""
+    assert isinstance(metric, (CellMetric, ModelMetric, SweepMetric)), (
+        f"the metric must subclass CellMetric, ModelMetric or SweepMetric, got {type(metric).__name__}"
+    )
+    missing = metric.requires - model.capabilities
+    assert not missing, f"the model lacks {sorted(missing)}, which the metric requires"
+    before = [o.x_adv.clone() for o in outcomes]
+    values = []
+    for _ in range(2):
+        if isinstance(metric, CellMetric):
+            value = metric.evaluate(model, outcomes[0])
+        elif isinstance(metric, ModelMetric):
+            value = metric.evaluate(model, outcomes[0].x, outcomes[0].y)
+        else:
+            value = metric.evaluate(model, outcomes)
+        assert isinstance(value, (float, int)) and not isinstance(value, bool), (
+            f"evaluate must return a number, got {type(value).__name__}"
+        )
+        values.append(float(value))
+    assert all(torch.equal(o.x_adv, b) for o, b in zip(outcomes, before)), "the metric modified the outcomes"
+    assert values[0] == values[1] or all(math.isnan(v) for v in values), "the metric must give the same value twice"
+    return values[0]
+
+
+def outcome_of(attack: Attack, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> CellOutcome:
+    """A cell's outcomes for ``attack`` at ``eps`` on a deterministic ``model``, as the runner
+    builds them (a minimal-norm attack's samples beyond eps count as unbroken)."""
+    run = attack.run(model, x, y, None if attack.minimal_norm else eps, _generator(x))
+    within = run.norms <= eps + TOLERANCE
+    x_adv = torch.where(within.view(-1, *[1] * (x.ndim - 1)), run.x_adv, x)
+    clean, adversarial = model.predict(x), model.predict(x_adv)
+    return CellOutcome(
+        norm=attack.norm,
+        eps=eps,
+        index=torch.arange(len(y)),
+        x=x,
+        y=y,
+        x_adv=x_adv,
+        clean_correct=(clean == y).double(),
+        robust=((clean == y) & (adversarial == y)).double(),
+        adv_label=adversarial,
+        norms=torch.where(within, run.norms, torch.zeros_like(run.norms)),
+        extras=dict(run.extras),
+        scalars=dict(run.scalars),
+    )

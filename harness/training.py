@@ -1,14 +1,16 @@
-"""Training and evaluation helpers shared by model and defense plugins."""
+"""The shared minibatch training loop, and the seeding and evaluation helpers around it."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from harness.contracts import Dataset, Model, TrainContext
+from harness.contracts import Batch, Dataset, Model, TrainContext, TrainingHooks, TrainingSettings, TrainingState
 
 LossFunction = Callable[[Model, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -18,6 +20,98 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run the block without changing Python's, NumPy's or torch's global random streams, so
+    that work done on demand (training a teacher, or loading it from the cache) leaves the
+    caller's numbers the same either way."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+_warmed_up = False
+
+
+def warm_up() -> None:
+    """Pay torch's one-off start-up costs (autograd engine, optimiser kernels) once per process,
+    so that the first model's ``train_seconds`` measures its training only."""
+    global _warmed_up
+    if _warmed_up:
+        return
+    layer = torch.nn.Linear(8, 2)
+    optimizer = torch.optim.Adam(layer.parameters())
+    layer(torch.ones(4, 8)).square().mean().backward()
+    optimizer.step()
+    _warmed_up = True
+
+
+def make_optimizer(settings: TrainingSettings, parameters: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimiser that ``settings`` name, e.g. ``Adam`` with ``weight_decay``."""
+    optimizer_class = getattr(torch.optim, settings.optimizer, None)
+    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
+        raise ValueError(f"unknown optimizer '{settings.optimizer}' (a torch.optim class name, e.g. Adam)")
+    return optimizer_class(parameters, lr=settings.lr, **dict(settings.optimizer_options))
+
+
+def fit(
+    model: Model,
+    data: Dataset,
+    ctx: TrainContext,
+    hooks: Sequence[TrainingHooks] = (),
+    settings: TrainingSettings | None = None,
+) -> None:
+    """The shared loop: minimise ``model.loss`` over shuffled minibatches of the train split.
+
+    ``settings`` default to ``model.training_settings()``. The shuffling draws from its own
+    generator seeded with ``ctx.seed``; the hooks are called in order at each step (see
+    :class:`harness.contracts.TrainingHooks`). The model is in training mode for every step and in
+    evaluation mode afterwards.
+    """
+    settings = settings or model.training_settings()
+    model.to(ctx.device)
+    optimizer = make_optimizer(settings, list(model.parameters()))
+    scheduler = None
+    if settings.lr_decay_steps:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings.lr_decay_steps, gamma=settings.lr_decay)
+    generator = torch.Generator().manual_seed(ctx.seed)
+    state = TrainingState(model, data, ctx, settings, optimizer, data.x_train, data.y_train)
+    for hook in hooks:
+        hook.training_started(state)
+    for epoch in ctx.progress(range(settings.epochs), f"train {type(model).__name__}"):
+        state.epoch = epoch
+        for hook in hooks:
+            hook.epoch_started(state)
+        order = torch.randperm(len(state.y_train), generator=generator)
+        for index in order.split(settings.batch_size):
+            model.train()
+            batch = Batch(state.x_train[index].to(ctx.device), state.y_train[index].to(ctx.device), index)
+            for hook in hooks:
+                batch = hook.prepare_batch(state, batch)
+            loss = model.loss(batch.x, batch.y, state)
+            for hook in hooks:
+                loss = hook.extend_loss(state, batch, loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            state.step += 1
+        for hook in hooks:
+            hook.epoch_finished(state)
+    for hook in hooks:
+        hook.training_finished(state)
+    model.eval()
 
 
 def fit_minibatches(
@@ -32,20 +126,25 @@ def fit_minibatches(
     weight_decay: float = 0.0,
     description: str = "train",
 ) -> None:
-    """Minimise ``loss_fn(model, x, y)`` with Adam over shuffled minibatches of the train split."""
-    model.to(ctx.device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(ctx.seed)
-    for _ in ctx.progress(range(epochs), description):
-        order = torch.randperm(len(data.y_train), generator=generator)
-        for index in order.split(batch_size):
-            x = data.x_train[index].to(ctx.device)
-            y = data.y_train[index].to(ctx.device)
-            loss = loss_fn(model, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    """Deprecated: give the model ``loss`` and ``training_settings`` and call ``ctx.fit``."""
+    warnings.warn(
+        "harness.training.fit_minibatches is deprecated: implement Model.loss and Model.training_settings, "
+        "and call ctx.fit(model, data)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+
+    class _Loss(TrainingHooks):
+        def extend_loss(self, state: TrainingState, batch: Batch, loss: torch.Tensor) -> torch.Tensor:
+            return loss_fn(model, batch.x, batch.y)
+
+    settings = TrainingSettings(epochs, batch_size, lr, "Adam", {"weight_decay": weight_decay})
+    original_loss = model.loss
+    model.loss = lambda x, y, state: torch.zeros((), device=x.device)  # replaced by the hook
+    try:
+        fit(model, data, ctx, [_Loss()], settings)
+    finally:
+        model.loss = original_loss
 
 
 @torch.no_grad()

@@ -10,17 +10,11 @@ from harness_art.attacks import FGSM, PGD
 from harness_classifiers.models import MLP, SmallCNN
 from harness_datasets.loaders import load_digits
 
-from harness.contracts import TrainContext, perturbation_norms
+from harness.contracts import perturbation_norms
+from harness.testing import make_context
 from harness.training import predict_batched, seed_everything
 
 CPU = torch.device("cpu")
-
-
-def context(seed: int = 0) -> TrainContext:
-    def unavailable(*_):
-        raise AssertionError("not used")
-
-    return TrainContext(seed=seed, device=CPU, progress=lambda it, _: it, build_attack=unavailable, teacher=unavailable)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +26,7 @@ def digits():
 def trained_mlp(digits):
     seed_everything(0)
     model = MLP(digits.input_shape, 10, hidden=[64], epochs=8, batch_size=64, lr=1e-3)
-    model.fit(digits, context())
+    model.fit(digits, make_context())
     return model
 
 
@@ -101,6 +95,15 @@ def test_parameters_are_frozen_during_the_attack_and_restored(trained_mlp, digit
     PGD("linf", None, 3, 0, 64).run(trained_mlp, digits.x_test[:10], digits.y_test[:10], 0.1)
     assert seen and not any(seen)
     assert all(p.requires_grad for p in trained_mlp.parameters())
+
+
+def test_arts_switch_to_eval_mode_is_undone(trained_mlp, digits):
+    trained_mlp.train()
+    try:
+        PGD("linf", None, 3, 0, 64).run(trained_mlp, digits.x_test[:10], digits.y_test[:10], 0.1)
+        assert all(m.training for m in trained_mlp.modules())
+    finally:
+        trained_mlp.eval()
 
 
 def test_same_seed_same_adversarial_examples(trained_mlp, digits):

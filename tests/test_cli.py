@@ -94,11 +94,11 @@ def test_compare_aligns_entries_and_lists_one_sided_ones(cli, leaderboard, tmp_p
 
 
 def test_compare_reports_mismatched_schema_versions(cli, leaderboard, tmp_path):
-    frame = read_leaderboard(leaderboard).assign(schema_version=2)
+    frame = read_leaderboard(leaderboard).assign(schema_version=3)
     future = tmp_path / "future.csv"
     frame.to_csv(future, index=False)
     code, _, err = cli("compare", leaderboard, future)
-    assert code == 1 and "schema versions differ" in err and "has 1" in err and "has 2" in err
+    assert code == 1 and "schema versions differ" in err and "has 2" in err and "has 3" in err
 
 
 def test_corrupt_csv_as_run_output_is_a_clean_error(cli, write_suite, tmp_path):
@@ -106,3 +106,40 @@ def test_corrupt_csv_as_run_output_is_a_clean_error(cli, write_suite, tmp_path):
     output.write_text("not,a\nleaderboard,at all\n")
     code, _, err = cli("run", write_suite(), "--output", output)
     assert code == 2 and "missing columns" in err and "Traceback" not in err
+
+
+def test_compare_notes_rows_whose_settings_differ_and_takes_a_tolerance(cli, leaderboard, tmp_path):
+    frame = read_leaderboard(leaderboard)
+    changed = frame.copy()
+    changed.loc[0, "n_samples"] = 40
+    changed.loc[1, "attack_params"] = changed.loc[1, "attack_params"].replace('"batch_size": 256', '"batch_size": 64')
+    changed.loc[2, "robust_accuracy"] = max(changed.loc[2, "robust_accuracy"] - 0.02, 0.0)
+    changed.loc[2, "robust_accuracy_ci_low"] = 0.0
+    other = tmp_path / "other.csv"
+    write_leaderboard(changed.to_dict("records"), other)
+    code, out, _ = cli("compare", leaderboard, other)
+    assert code == 0
+    assert "n_samples differ (60 vs 40)" in out and "attack_params differ" in out
+    code, out, _ = cli("compare", leaderboard, other, "--tolerance", "0.03")
+    assert code == 0 and f"{len(frame)} of {len(frame)} common entries within 0.03" in out
+    code, out, _ = cli("compare", leaderboard, other, "--tolerance", "0.01")
+    assert code == 1 and f"{len(frame) - 1} of {len(frame)} common entries within 0.01 (largest difference 0.0200)" in out
+
+
+def test_median_perturbation_is_the_usual_median():
+    import torch
+
+    from harness.contracts import CellOutcome
+    from harness.execute import scores
+
+    x = torch.zeros(4, 1, 1, 2)
+    x_adv = x.clone()
+    for i, size in enumerate([0.1, 0.2, 0.4, 0.8]):
+        x_adv[i, 0, 0, 0] = size
+    ones = torch.ones(4, dtype=torch.float64)
+    outcome = CellOutcome("l2", 1.0, torch.arange(4), x, torch.zeros(4, dtype=torch.long), x_adv, ones, ones * 0,
+                          torch.ones(4, dtype=torch.long), torch.zeros(4))  # fmt: skip
+    row = scores(outcome)
+    assert row["median_perturbation_l2"] == pytest.approx(0.3)  # not the lower middle value, 0.2
+    assert row["mean_perturbation_l2"] == pytest.approx(0.375)
+    assert row["robust_accuracy"] == 0 and row["attack_success_rate"] == 1

@@ -57,32 +57,32 @@ def test_shipped_attacks_pass(model, data, name, norm):
 class SignStep(Attack):
     """A correct one-step attack that broken variants below modify."""
 
-    def perturb(self, model, x, y, eps):
+    def generate(self, model, x, y, eps, *, generator):
         x_var = x.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model.logits(x_var), y), x_var)
         return (x + eps * grad.sign()).clamp(0, 1)
 
 
 class ExceedsEps(SignStep):
-    def perturb(self, model, x, y, eps):
-        return super().perturb(model, x, y, 2 * eps)
+    def generate(self, model, x, y, eps, *, generator):
+        return super().generate(model, x, y, 2 * eps, generator=generator)
 
 
 class OutOfRange(SignStep):
-    def perturb(self, model, x, y, eps):
+    def generate(self, model, x, y, eps, *, generator):
         return x + eps * torch.sign(torch.randn_like(x))
 
 
 class ModifiesInput(SignStep):
-    def perturb(self, model, x, y, eps):
-        x_adv = super().perturb(model, x, y, eps)
+    def generate(self, model, x, y, eps, *, generator):
+        x_adv = super().generate(model, x, y, eps, generator=generator)
         x.copy_(x_adv)
         return x_adv
 
 
 class ChangesShape(SignStep):
-    def perturb(self, model, x, y, eps):
-        return super().perturb(model, x, y, eps).flatten(1)
+    def generate(self, model, x, y, eps, *, generator):
+        return super().generate(model, x, y, eps, generator=generator).flatten(1)
 
 
 class Undeclared(SignStep):
@@ -90,7 +90,7 @@ class Undeclared(SignStep):
 
 
 class Unseeded(SignStep):
-    def perturb(self, model, x, y, eps):
+    def generate(self, model, x, y, eps, *, generator):
         noise = torch.frombuffer(bytearray(os.urandom(x.numel())), dtype=torch.uint8).float().view_as(x) / 255
         return (x + eps * (2 * noise - 1)).clamp(0, 1)
 
@@ -102,8 +102,8 @@ def test_a_correct_attack_passes(model, data):
 @pytest.mark.parametrize(
     ("attack", "message"),
     [
-        (ExceedsEps("linf"), "exceeds eps 0.1"),
-        (OutOfRange("linf"), "must lie in [0, 1]"),
+        (ExceedsEps("linf"), "exceeded its budget: linf perturbation of 0.2 > eps 0.1"),
+        (OutOfRange("linf"), "returned images outside [0, 1]"),
         (ModifiesInput("linf"), "modified its input"),
         (ChangesShape("linf"), "changed the shape"),
         (Undeclared("linf"), "calls model.logits() but does not declare 'logits'"),

@@ -29,7 +29,10 @@ def robust_by(frame, attack):
 @pytest.mark.slow
 def test_the_guides_example_package_works_as_documented(tmp_path):
     files = guide_files()
-    assert {"pyproject.toml", "harness_signnoise/__init__.py", "harness_signnoise/attack.py", "suite.toml"} <= set(files)
+    assert {
+        "pyproject.toml", "harness_signnoise/__init__.py", "harness_signnoise/attack.py", "harness_signnoise/defense.py",
+        "harness_signnoise/metric.py", "tests/test_sign_noise.py", "suite.toml",
+    } == set(files)  # fmt: skip
     package = tmp_path / "harness-signnoise"
     for name, text in files.items():
         (package / name).parent.mkdir(parents=True, exist_ok=True)
@@ -46,15 +49,20 @@ def test_the_guides_example_package_works_as_documented(tmp_path):
     assert listing.returncode == 0, listing.stderr
     plugin = {p["name"]: p for p in json.loads(listing.stdout)}["signnoise"]
     assert plugin["distribution"] == "harness-signnoise" and plugin["version"] == "0.1.0"
-    assert plugin["components"] == {"attack": ["sign-noise"]} and plugin["hooks"] == ["register_attacks"]
+    assert plugin["components"] == {"attack": ["sign-noise"], "defense": ["noise-training"], "metric": ["mean-abs-perturbation"]}
+    assert plugin["hooks"] == ["register_attacks", "register_defenses", "register_metrics"]
 
     run = run_harness(tmp_path, "run", package / "suite.toml", extra_env=env)
     assert run.returncode == 0, run.stderr
     frame = read_leaderboard(package / "suite.csv")
+    assert frame["status"].eq("ok").all() and len(frame) == 8
     noise = frame[frame["attack"] == "sign-noise"]
-    assert len(noise) == 2 and noise["attack_distribution"].eq("harness-signnoise").all()
+    assert len(noise) == 4 and noise["attack_distribution"].eq("harness-signnoise").all()
     assert noise["attack_version"].eq("0.1.0").all() and noise["attack_plugin"].eq("signnoise").all()
-    pgd, sign = robust_by(frame, "pgd"), robust_by(frame, "sign-noise")
+    assert frame[frame["defense"] == "noise-training"]["defense_distribution"].eq("harness-signnoise").all()
+    assert frame["metric_mean-abs-perturbation"].gt(0).all()
+    plain = frame[frame["defense"] == "none"]
+    pgd, sign = robust_by(plain, "pgd"), robust_by(plain, "sign-noise")
     assert all(sign[key] >= pgd[key] for key in pgd)
 
     tests = subprocess.run(

@@ -6,6 +6,7 @@ from harness.hookspecs import hookimpl
 from harness.registry import RegisterFunction
 
 NORMS = ("linf", "l2")
+ART_MODULES = ("art.attacks.evasion", "art.estimators.classification")
 
 
 @hookimpl
@@ -15,6 +16,7 @@ def register_attacks(register: RegisterFunction) -> None:
         "harness_art.attacks:FGSM",
         params={"norm": "linf", "num_random_init": 0, "batch_size": 256},
         choices={"norm": NORMS},
+        imports=ART_MODULES,
         description="ART FastGradientMethod: one signed (Linf) or normalised (L2) gradient step of size eps",
     )
     register(
@@ -22,5 +24,6 @@ def register_attacks(register: RegisterFunction) -> None:
         "harness_art.attacks:PGD",
         params={"norm": "linf", "eps_step": None, "max_iter": 40, "num_random_init": 0, "batch_size": 256},
         choices={"norm": NORMS},
+        imports=ART_MODULES,
         description="ART ProjectedGradientDescentPyTorch; eps_step defaults to 2.5 * eps / max_iter (Madry et al.)",
     )

@@ -2,7 +2,9 @@
 
 The model is wrapped in ART's ``PyTorchClassifier`` with every step in torch, so that ART's PGD
 runs its PyTorch implementation. Parameters are frozen by :meth:`harness.contracts.Attack.run`,
-which keeps ART's ``loss.backward()`` from computing parameter gradients it never uses.
+which keeps ART's ``loss.backward()`` from computing parameter gradients it never uses, and puts
+back the train/eval mode that ART changes. ART draws its random initialisations from NumPy's
+global generator, which the runner seeds per cell, not from the ``generator`` argument.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ class ARTAttack(Attack):
             self._wrapped = (model, estimator)
         return self._wrapped[1]
 
-    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None) -> torch.Tensor:
+    def generate(
+        self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None, *, generator: torch.Generator
+    ) -> torch.Tensor:
         if eps is None:
             raise ValueError(f"{type(self).__name__} is a budgeted attack and needs an eps")
         if eps == 0:

@@ -27,24 +27,24 @@ class UniformNoise(Attack):
             raise ValueError(f"samples must be at least 1, got {samples}")
         self.samples = samples
 
-    def perturb(self, model, x, y, eps):
+    def generate(self, model, x, y, eps, *, generator):
         best = x.clone()
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.samples):
-            candidate = (x + self._uniform_ball(x, eps)).clamp(0, 1)
+            candidate = (x + self._uniform_ball(x, eps, generator)).clamp(0, 1)
             take = ~fooled
             best[take] = candidate[take]
             fooled |= model.predict(candidate) != y
         return best
 
-    def _uniform_ball(self, x: torch.Tensor, eps: float) -> torch.Tensor:
+    def _uniform_ball(self, x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
         if self.norm == "linf":
-            return (torch.rand_like(x) * 2 - 1) * eps
+            return (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
         # l2: a uniform direction, and a radius with density proportional to r^(d-1)
-        direction = torch.randn_like(x).flatten(1)
+        direction = torch.randn(x.shape, generator=generator, device=x.device).flatten(1)
         direction /= direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
         dims = direction.shape[1]
-        radius = eps * torch.rand(len(x), 1, device=x.device) ** (1 / dims)
+        radius = eps * torch.rand(len(x), 1, generator=generator, device=x.device) ** (1 / dims)
         # clipping to [0, 1] afterwards only shortens the perturbation
         return (direction * radius * (1 - 1e-6)).view_as(x)
 
