@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, UsageError
-from harness.registry import Registry, load_plugins
+from harness.plugins import load_plugins
+from harness.registry import Registry
 from harness.runner import warn_on_stderr
 
 if TYPE_CHECKING:

@@ -29,3 +29,9 @@ class PluginError(HarnessError):
     """A plugin is broken: a duplicate component, a hook that matches no spec, a failed import."""
 
     exit_code = 2
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as ``Type: message`` on one line, for warnings and plugin listings."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

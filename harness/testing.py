@@ -82,7 +82,7 @@ def make_context(
     """A training context like the runner's; ``build_attack`` uses the installed plugins."""
 
     def build_attack(spec):
-        from harness.registry import load_plugins
+        from harness.plugins import load_plugins
 
         return load_plugins().build_from_table("attack", spec, ignore=["eps"])
 

@@ -9,7 +9,7 @@ import pytest
 
 from harness.errors import PluginError, UsageError
 from harness.hookspecs import hookimpl
-from harness.registry import load_plugins
+from harness.plugins import load_plugins
 
 
 @pytest.fixture
