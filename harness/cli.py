@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -44,7 +45,8 @@ def _load_suite(args: argparse.Namespace, path: Path) -> tuple[Any, Registry]:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    registry = _registry(args)
+    with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading must not spoil --json
+        registry = _registry(args)
     listing = [
         {
             "name": p.name,

@@ -1,12 +1,18 @@
-"""Plugin loading through pluggy: entry points, ``-p`` modules and blocking.
+"""Plugin loading through pluggy: entry points, ``-p`` modules, blocking, and broken plugins.
 
 Plugins are found through the ``harness`` entry-point group (the shipped ones too), plus modules
 named with ``-p MODULE``. ``HARNESS_DISABLE_PLUGIN_AUTOLOAD=1`` turns entry-point loading off and
 ``HARNESS_BLOCK_PLUGINS=a,b`` (or ``-p no:NAME``) blocks plugins by name, as in pytest.
+
+A broken plugin must break neither the other plugins nor the commands that do not use it: one that
+fails to import, implements a hook that does not exist or with arguments it does not have, or fails
+to register its components is listed with its error, its components are dropped and none of its
+hooks is called.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import os
@@ -20,7 +26,7 @@ import pluggy
 
 from harness import hookspecs
 from harness.errors import PluginError, UsageError, one_line
-from harness.registry import KINDS, Component, RegisterFunction, Registry
+from harness.registry import KINDS, Component, RegisterFunction, Registry, did_you_mean
 
 REGISTRATION_HOOKS = {kind: f"register_{kind}s" for kind in KINDS}
 DISABLE_AUTOLOAD_ENV = "HARNESS_DISABLE_PLUGIN_AUTOLOAD"
@@ -30,7 +36,7 @@ UNPACKAGED = "(unpackaged)"
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """A plugin as ``harness plugins`` shows it."""
+    """A plugin as ``harness plugins`` shows it; ``error`` is why it was disabled, if it was."""
 
     name: str
     distribution: str
@@ -44,18 +50,13 @@ class PluginInfo:
         return f"{self.distribution} {self.version}".strip()
 
 
-def _blocked_names(plugin_args: Iterable[str]) -> set[str]:
-    from_env = {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
-    return from_env | {a[3:] for a in plugin_args if a.startswith("no:")}
-
-
 def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = ()) -> Registry:
     """Load the plugins and collect their components.
 
     ``plugin_args`` are ``-p`` values: ``MODULE`` loads a module as a plugin, ``no:NAME`` blocks
     the plugin NAME; such modules are also looked up in ``search_path`` (like pytest's rootdir).
-    A plugin that fails to import, or whose registration hook raises, is listed with its error and
-    left out; the others still work.
+    Only a ``-p`` module that does not exist raises (a :class:`UsageError`: a typo); a broken
+    plugin is listed with its error and left out, and the others still work.
     """
     plugin_args = list(plugin_args)
     for directory in search_path:
@@ -72,65 +73,98 @@ def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = 
             if pm.is_blocked(entry_point.name) or pm.has_plugin(entry_point.name):
                 continue
             dist = entry_point.dist
-            dist_name = dist.metadata["Name"] if dist else UNPACKAGED
-            version = dist.version if dist else ""
+            release = (dist.metadata["Name"], dist.version) if dist else (UNPACKAGED, "")
+            info = PluginInfo(entry_point.name, *release)
             try:
-                pm.register(entry_point.load(), name=entry_point.name)
+                plugin = entry_point.load()
             except Exception as exc:  # a broken plugin must not break the others
-                infos[entry_point.name] = PluginInfo(entry_point.name, dist_name, version, error=one_line(exc))
+                infos[info.name] = dataclasses.replace(info, error=one_line(exc))
                 continue
-            infos[entry_point.name] = PluginInfo(entry_point.name, dist_name, version)
+            infos[info.name] = _register(pm, plugin, info)
 
     for module_name in (a for a in plugin_args if not a.startswith("no:")):
         if pm.is_blocked(module_name) or pm.has_plugin(module_name):
             continue
+        info = PluginInfo(module_name, UNPACKAGED, "")
         try:
-            pm.register(importlib.import_module(module_name), name=module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name.partition(".")[0] and exc.name != module_name:
-                infos[module_name] = PluginInfo(module_name, UNPACKAGED, "", error=one_line(exc))
-                continue
-            raise UsageError(f"cannot load plugin module '{module_name}': {exc}") from None
+            plugin = importlib.import_module(module_name)
         except Exception as exc:
-            infos[module_name] = PluginInfo(module_name, UNPACKAGED, "", error=one_line(exc))
+            if isinstance(exc, ModuleNotFoundError) and exc.name in (module_name, module_name.partition(".")[0]):
+                raise UsageError(f"cannot load plugin module '{module_name}': {exc}") from None
+            infos[module_name] = dataclasses.replace(info, error=one_line(exc))
             continue
-        infos[module_name] = PluginInfo(module_name, UNPACKAGED, "")
+        infos[module_name] = _register(pm, plugin, info)
 
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(one_line(exc)) from None
-
-    for plugin_name, plugin in pm.list_name_plugin():
-        if plugin is None:  # blocked
-            continue
-        hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
-        info = infos[plugin_name]
-        infos[plugin_name] = PluginInfo(info.name, info.distribution, info.version, hooks)
+    registered = [name for name, plugin in pm.list_name_plugin() if plugin is not None]  # None: blocked
+    for name in registered:
+        hooks = tuple(sorted(h.name for h in pm.get_hookcallers(pm.get_plugin(name)) or ()))
+        infos[name] = dataclasses.replace(infos[name], hooks=hooks)
 
     registry = Registry(pm)
-    errors: dict[str, str] = {}
-    for kind, hook_name in REGISTRATION_HOOKS.items():
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            if impl.plugin_name in errors:
-                continue
-            register = _register_function(registry, kind, infos[impl.plugin_name])
-            try:
-                impl.function(**{name: register for name in impl.argnames})
-            except PluginError:
-                raise
-            except Exception as exc:
-                errors[impl.plugin_name] = f"{hook_name} raised {one_line(exc)}"
-                _drop_components(registry, impl.plugin_name)
-    for name, message in errors.items():
-        info = infos[name]
-        infos[name] = PluginInfo(info.name, info.distribution, info.version, info.hooks, message)
+    failures = _unknown_hooks(pm)
+    for name in registered:
+        if name not in failures and (error := _register_components(registry, infos[name])):
+            failures[name] = error
+    for name, error in failures.items():
+        infos[name] = dataclasses.replace(infos[name], error=error)
         pm.unregister(name=name)
     registry.plugins = sorted(infos.values(), key=lambda p: p.name)
     return registry
 
 
-def _register_function(registry: Registry, kind: str, plugin: PluginInfo) -> RegisterFunction:
+def _blocked_names(plugin_args: Iterable[str]) -> set[str]:
+    from_env = {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
+    return from_env | {a[3:] for a in plugin_args if a.startswith("no:")}
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, info: PluginInfo) -> PluginInfo:
+    """Register ``plugin``; pluggy rejecting it (hook arguments the spec lacks) is its error."""
+    try:
+        pm.register(plugin, name=info.name)
+    except Exception as exc:
+        if pm.has_plugin(info.name):  # older pluggy leaves a rejected plugin half registered
+            pm.unregister(name=info.name)
+        return dataclasses.replace(info, error=one_line(exc))
+    return info
+
+
+def _unknown_hooks(pm: pluggy.PluginManager) -> dict[str, str]:
+    """The error of each plugin implementing a hook that has no spec (a misspelled name, usually),
+    which pluggy would only report by raising from ``check_pending``."""
+    callers = [caller for name, caller in vars(pm.hook).items() if not name.startswith("_")]
+    specs = [caller.name for caller in callers if caller.has_spec()]
+    errors: dict[str, str] = {}
+    for caller in (c for c in callers if not c.has_spec()):
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                hint = did_you_mean(caller.name, specs)
+                errors.setdefault(impl.plugin_name, f"hook '{caller.name}' matches no hook spec{hint}")
+    return errors
+
+
+def _register_components(registry: Registry, plugin: PluginInfo) -> str:
+    """Call the plugin's registration hooks; return its first problem ("" if none), having then
+    dropped the components it registered."""
+    problems: list[str] = []
+    for kind, hook_name in REGISTRATION_HOOKS.items():
+        register = _register_function(registry, kind, plugin, problems)
+        for impl in getattr(registry.plugin_manager.hook, hook_name).get_hookimpls():
+            if impl.plugin_name != plugin.name:
+                continue
+            try:
+                impl.function(**{name: register for name in impl.argnames})
+            except Exception as exc:
+                problems.append(f"{hook_name} raised {one_line(exc)}")
+            if problems:
+                _drop_components(registry, plugin.name)
+                return problems[0]
+    return ""
+
+
+def _register_function(registry: Registry, kind: str, plugin: PluginInfo, problems: list[str]) -> RegisterFunction:
+    """The ``register`` callback of ``plugin``'s hook for ``kind``; a bad registration is put in
+    ``problems`` (so that a plugin catching the exception still fails) and raised."""
+
     def register(
         name: str,
         factory: Callable[..., Any] | str,
@@ -139,26 +173,32 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo) -> Reg
         choices: Mapping[str, Iterable[Any]] | None = None,
         description: str = "",
     ) -> None:
-        if kind == "attack" and "norm" not in (params or {}):
-            raise PluginError(f"attack '{name}' of plugin '{plugin.name}' must declare a 'norm' parameter")
         existing = registry.components[kind].get(name)
-        if existing is not None:
+        if kind == "attack" and "norm" not in (params or {}):
+            problem = f"attack '{name}' of plugin '{plugin.name}' must declare a 'norm' parameter"
+        elif existing is not None and existing.plugin == plugin.name:
+            problem = f"{kind} '{name}' is registered twice by plugin '{plugin.name}' ({plugin.release})"
+        elif existing is not None:
             first = PluginInfo(existing.plugin, existing.distribution, existing.version)
-            raise PluginError(
+            problem = (
                 f"{kind} '{name}' is registered twice: by plugin '{first.name}' ({first.release}) "
                 f"and by plugin '{plugin.name}' ({plugin.release})"
             )
-        registry.components[kind][name] = Component(
-            kind=kind,
-            name=name,
-            factory=factory,
-            params=dict(params or {}),
-            choices={k: tuple(v) for k, v in (choices or {}).items()},
-            description=description,
-            plugin=plugin.name,
-            distribution=plugin.distribution,
-            version=plugin.version,
-        )
+        else:
+            registry.components[kind][name] = Component(
+                kind=kind,
+                name=name,
+                factory=factory,
+                params=dict(params or {}),
+                choices={k: tuple(v) for k, v in (choices or {}).items()},
+                description=description,
+                plugin=plugin.name,
+                distribution=plugin.distribution,
+                version=plugin.version,
+            )
+            return
+        problems.append(problem)
+        raise PluginError(problem)
 
     return register
 
@@ -167,3 +207,4 @@ def _drop_components(registry: Registry, plugin_name: str) -> None:
     for comps in registry.components.values():
         for name in [n for n, c in comps.items() if c.plugin == plugin_name]:
             del comps[name]
+
