@@ -26,9 +26,10 @@ import pluggy
 
 from harness import hookspecs
 from harness.errors import PluginError, UsageError, one_line
-from harness.registry import KINDS, Component, RegisterFunction, Registry, did_you_mean
+from harness.registry import KINDS, Component, RegisterFunction, Registry, did_you_mean, isolated
 
 REGISTRATION_HOOKS = {kind: f"register_{kind}s" for kind in KINDS}
+LIFECYCLE_HOOKS = ("suite_started", "cell_started", "cell_finished", "suite_finished")
 DISABLE_AUTOLOAD_ENV = "HARNESS_DISABLE_PLUGIN_AUTOLOAD"
 BLOCK_ENV = "HARNESS_BLOCK_PLUGINS"
 UNPACKAGED = "(unpackaged)"
@@ -108,6 +109,7 @@ def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = 
     for name, error in failures.items():
         infos[name] = dataclasses.replace(infos[name], error=error)
         pm.unregister(name=name)
+    _isolate_lifecycle_hooks(pm)
     registry.plugins = sorted(infos.values(), key=lambda p: p.name)
     return registry
 
@@ -208,3 +210,11 @@ def _drop_components(registry: Registry, plugin_name: str) -> None:
         for name in [n for n, c in comps.items() if c.plugin == plugin_name]:
             del comps[name]
 
+
+def _isolate_lifecycle_hooks(pm: pluggy.PluginManager) -> None:
+    """Guard every ordinary lifecycle hook implementation, so that one that raises is reported by
+    :meth:`Registry.notify` and the others still run; wrappers see the call as pluggy makes it."""
+    for hook_name in LIFECYCLE_HOOKS:
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if not (impl.wrapper or impl.hookwrapper):
+                impl.function = isolated(impl.function, impl.plugin_name, hook_name)

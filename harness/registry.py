@@ -7,8 +7,10 @@ the hook specs, so both can refer to it.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -125,6 +127,28 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+# The warn callback of the Registry.notify call that is running, for the guards of isolated().
+_notify_warn: ContextVar[Callable[[str], None] | None] = ContextVar("harness_notify_warn", default=None)
+
+
+def isolated(function: Callable[..., Any], plugin_name: str, hook_name: str) -> Callable[..., Any]:
+    """``function``, a lifecycle hook implementation, reporting an exception to the ``warn`` of
+    :meth:`Registry.notify` instead of raising it, so that the hook's other implementations run."""
+
+    @functools.wraps(function)
+    def guard(*args: Any, **kwargs: Any) -> Any:  # pluggy passes the arguments by position
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            warn = _notify_warn.get()
+            if warn is None:  # called outside notify: nobody to tell
+                raise
+            warn(f"plugin '{plugin_name}': hook {hook_name} raised {one_line(exc)}")
+            return None
+
+    return guard
+
+
 @dataclass
 class Registry:
     """Every component registered by the loaded plugins, by kind and name.
@@ -164,9 +188,10 @@ class Registry:
         }
 
     def notify(self, hook_name: str, warn: Callable[[str], None], **kwargs: Any) -> None:
-        """Call a lifecycle hook on every plugin; one that raises is reported and the others still run."""
-        for impl in getattr(self.plugin_manager.hook, hook_name).get_hookimpls():
-            try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames})
-            except Exception as exc:
-                warn(f"plugin '{impl.plugin_name}': hook {hook_name} raised {one_line(exc)}")
+        """Call a lifecycle hook through pluggy (its order, ``tryfirst``/``trylast`` and wrappers
+        apply); an implementation that raises is reported to ``warn`` and the others still run."""
+        token = _notify_warn.set(warn)
+        try:
+            getattr(self.plugin_manager.hook, hook_name)(**kwargs)
+        finally:
+            _notify_warn.reset(token)

@@ -1,4 +1,4 @@
-"""Plugin loading, component registration and broken plugins."""
+"""Plugin loading, component registration, broken plugins and lifecycle hooks."""
 
 from __future__ import annotations
 
@@ -201,3 +201,80 @@ def test_plugin_that_fails_to_import_is_listed_and_others_work(cli, tmp_path, mo
     assert "broken_plugin" in out and "FAILED: ImportError: needs a library" in out
     assert "plugin 'broken_plugin' failed: ImportError" in err
 
+
+def lifecycle_plugins(module_plugin, *functions):
+    """Load each ``cell_started`` implementation as its own plugin, in order."""
+    names = [module_plugin(f"reporter_{i}", cell_started=f) for i, f in enumerate(functions)]
+    return load_plugins(names)
+
+
+def test_lifecycle_hooks_are_called_in_pluggy_order(module_plugin):
+    calls = []
+
+    @hookimpl(tryfirst=True)
+    def first(cell):
+        calls.append("first")
+
+    @hookimpl
+    def plain(cell):
+        calls.append("plain")
+
+    @hookimpl(trylast=True)
+    def last(cell):
+        calls.append("last")
+
+    registry = lifecycle_plugins(module_plugin, last, plain, first)
+    registry.notify("cell_started", pytest.fail, cell="c")
+    assert calls == ["first", "plain", "last"]
+
+
+def test_lifecycle_wrappers_see_the_call(module_plugin):
+    calls = []
+
+    @hookimpl(wrapper=True)
+    def wrapper(cell):
+        calls.append(f"wrapper before {cell}")
+        result = yield
+        calls.append(f"wrapper after {result}")
+        return result
+
+    @hookimpl(hookwrapper=True)
+    def old_style(cell):
+        calls.append("old-style before")
+        outcome = yield
+        calls.append(f"old-style after {outcome.get_result()}")
+
+    @hookimpl
+    def plain(cell):
+        calls.append("plain")
+
+    registry = lifecycle_plugins(module_plugin, plain, wrapper, old_style)
+    registry.notify("cell_started", pytest.fail, cell="c")
+    assert calls == ["old-style before", "wrapper before c", "plain", "wrapper after []", "old-style after []"]
+
+
+def test_a_raising_lifecycle_hook_is_reported_and_the_others_run(module_plugin):
+    calls, warnings = [], []
+
+    @hookimpl
+    def before(cell):
+        calls.append("before")
+
+    @hookimpl
+    def raising(cell):
+        raise ValueError(f"reporter is down at {cell}")
+
+    @hookimpl
+    def after(cell):
+        calls.append("after")
+
+    @hookimpl(wrapper=True)
+    def wrapper(cell):
+        result = yield
+        calls.append(result)
+        return result
+
+    registry = lifecycle_plugins(module_plugin, after, raising, before, wrapper)
+    registry.notify("cell_started", warnings.append, cell="c")
+    assert calls == ["before", "after", []]
+    assert warnings == ["plugin 'reporter_1': hook cell_started raised ValueError: reporter is down at c"]
