@@ -77,7 +77,7 @@ class Component:
             if checked is _BAD:
                 problems.append(
                     f"parameter '{key}' of {self.kind} '{self.name}' must be "
-                    f"{_type_name(self.params[key])}, got {value!r}"
+                    f"{_with_article(type_name(self.params[key]))}, got {value!r}"
                 )
                 continue
             allowed = self.choices.get(key)
@@ -113,13 +113,22 @@ def _check_type(value: Any, default: Any) -> Any:
     return value if isinstance(value, type(default)) else _BAD
 
 
-def _type_name(default: Any) -> str:
+def type_name(default: Any) -> str:
+    """The type a suite must give for a parameter whose default is ``default``, e.g. ``integer``."""
     if default is None:
-        return "a number"
+        return "number"
     if isinstance(default, (list, tuple)):
-        return f"a list of {_type_name(default[0])}s" if default else "a list"
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+        if not default:
+            return "list"
+        item = type_name(default[0])
+        plural = "lists" + item[4:] if item.startswith("list") else f"{item}s"
+        return f"list of {plural}"
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "table"}
     return names.get(type(default), type(default).__name__)
+
+
+def _with_article(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:

@@ -187,6 +187,8 @@ def test_parameter_checking_from_registered_defaults():
     assert any("'max_iter' of attack 'pgd' must be an integer" in p for p in problems)
     assert any("must be one of 'linf', 'l2'" in p for p in problems)
     assert any("unknown parameter 'max_iters'" in p and "did you mean 'max_iter'" in p for p in problems)
+    _, problems = load_plugins().get("model", "mlp").resolve_params({"hidden": [32.5]})
+    assert problems == ["parameter 'hidden' of model 'mlp' must be a list of integers, got [32.5]"]
 
 
 def test_plugin_that_fails_to_import_is_listed_and_others_work(cli, tmp_path, monkeypatch):
