@@ -1,11 +1,13 @@
 """The ``harness`` command line.
 
-``show``, ``compare``, ``validate`` and ``--help`` never import torch or ART, so they start fast.
+``plugins``, ``show``, ``compare``, ``validate`` and ``--help`` never import torch or ART, so they
+start fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -14,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, UsageError
-from harness.registry import Registry, load_plugins
+from harness.plugins import load_plugins
+from harness.registry import Component, ComponentTable, Registry, type_name
 from harness.runner import warn_on_stderr
 
 if TYPE_CHECKING:
@@ -43,20 +46,25 @@ def _load_suite(args: argparse.Namespace, path: Path) -> tuple[Any, Registry]:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    listing = [
-        {
-            "name": p.name,
-            "distribution": p.distribution,
-            "version": p.version,
-            "hooks": list(p.hooks),
-            "components": {k: v for k, v in registry.by_plugin(p.name).items() if v},
-            **({"error": p.error} if p.error else {}),
+    with contextlib.redirect_stdout(sys.stderr):  # what plugins print while loading must not spoil --json
+        registry = _registry(args)
+    listing = []
+    for plugin in registry.plugins:
+        components = {k: v for k, v in registry.by_plugin(plugin.name).items() if v}
+        item: dict[str, Any] = {
+            "name": plugin.name,
+            "distribution": plugin.distribution,
+            "version": plugin.version,
+            "hooks": list(plugin.hooks),
+            "components": components,
         }
-        for p in registry.plugins
-    ]
+        if args.params:
+            item["params"] = {k: {n: _params(registry.get(k, n)) for n in names} for k, names in components.items()}
+        if plugin.error:
+            item["error"] = plugin.error
+        listing.append(item)
     if args.json:
-        print(json.dumps(listing, indent=2))
+        print(json.dumps(listing, indent=2, default=repr))  # repr: a default JSON cannot hold
         return 0
     for plugin, item in zip(registry.plugins, listing):
         print(f"{plugin.name}  ({plugin.release})")
@@ -64,11 +72,25 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"  FAILED: {item['error']}")
         print(f"  hooks: {', '.join(item['hooks']) or '-'}")
         for kind, names in item["components"].items():
-            described = [f"{n}: {registry.get(kind, n).description}" for n in names]
             print(f"  {kind}s:")
-            for line in described:
-                print(f"    {line}")
+            for name in names:
+                print(f"    {name}: {registry.get(kind, name).description}")
+                for param, spec in item["params"][kind][name].items() if args.params else ():
+                    choices = f" (one of {', '.join(map(repr, spec['choices']))})" if spec["choices"] else ""
+                    print(f"      {param}: {spec['type']} = {spec['default']!r}{choices}")
     return 0
+
+
+def _params(component: Component) -> dict[str, dict[str, Any]]:
+    """Each parameter's type, default and allowed values (``None``: any value of the type)."""
+    return {
+        name: {
+            "type": type_name(default),
+            "default": dict(default.default) if isinstance(default, ComponentTable) else default,
+            "choices": list(component.choices[name]) if name in component.choices else None,
+        }
+        for name, default in component.params.items()
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -266,12 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser("plugins", help="list plugins and the components they register")
     plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.add_argument("--params", action="store_true", help="also list each component's parameters")
     plugins.set_defaults(handler=cmd_plugins)
 
     run = commands.add_parser("run", help="run a suite into a leaderboard CSV (resumes unfinished runs)")
     run.add_argument("suite", type=Path, help="suite TOML file")
     run.add_argument("--output", "-o", type=Path, help="leaderboard CSV (default: the suite's path with .csv)")
-    run.add_argument("--cache-dir", type=Path, help="trained-model cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness/models)")
+    run.add_argument("--cache-dir", type=Path, help="cache of trained models, heads and attack runs (default: $HARNESS_CACHE_DIR or ~/.cache/harness/cache)")
     run.add_argument("--data-dir", type=Path, help="dataset files (default: $HARNESS_DATA_DIR or ~/.cache/harness/data)")
     run.add_argument("--force", action="store_true", help="recompute every cell, even completed ones")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

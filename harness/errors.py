@@ -26,7 +26,8 @@ class ValidationError(UsageError):
 
 
 class PluginError(HarnessError):
-    """A plugin is broken: a duplicate component, a hook that matches no spec, a failed import."""
+    """A plugin registered a component badly (twice, or an attack without a norm); raised into the
+    plugin's registration hook, it disables that plugin."""
 
     exit_code = 2
 

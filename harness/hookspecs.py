@@ -9,7 +9,9 @@ function and the plugin calls it once per component it provides. Registration mu
 must not import torch or ART; the component itself is named by a ``"module:attribute"`` string (or
 given as a callable) and only imported when a suite uses it.
 
-Lifecycle hooks are called by the runner so that reporter plugins can follow a run.
+Lifecycle hooks are called by the runner so that reporter plugins can follow a run. pluggy calls
+them, so its order, ``tryfirst``/``trylast`` and wrappers apply; an ordinary implementation that
+raises is reported as a warning and the others still run.
 """
 
 from __future__ import annotations

@@ -1,32 +1,25 @@
-"""Plugin loading and the registry of components that plugins provide.
+"""The registry of components that plugins provide, and the checking of their parameters.
 
-Plugins are found through the ``harness`` entry-point group (the shipped ones too), plus modules
-named with ``-p MODULE``. ``HARNESS_DISABLE_PLUGIN_AUTOLOAD=1`` turns entry-point loading off and
-``HARNESS_BLOCK_PLUGINS=a,b`` (or ``-p no:NAME``) blocks plugins by name, as in pytest.
+Loading the plugins that fill it is :mod:`harness.plugins`; this module imports neither that nor
+the hook specs, so both can refer to it.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
-import importlib.metadata
-import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import pluggy
+from harness.errors import UsageError, one_line
 
-from harness import hookspecs
-from harness.errors import PluginError, UsageError
+if TYPE_CHECKING:
+    import pluggy
 
 KINDS = ("dataset", "model", "defense", "attack", "metric")
-REGISTRATION_HOOKS = {kind: f"register_{kind}s" for kind in KINDS}
-DISABLE_AUTOLOAD_ENV = "HARNESS_DISABLE_PLUGIN_AUTOLOAD"
-BLOCK_ENV = "HARNESS_BLOCK_PLUGINS"
-UNPACKAGED = "(unpackaged)"
 
 
 class RegisterFunction(Protocol):
@@ -52,22 +45,6 @@ class ComponentTable:
 
     kind: str
     default: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """A plugin as ``harness plugins`` shows it."""
-
-    name: str
-    distribution: str
-    version: str
-    hooks: tuple[str, ...] = ()
-    error: str = ""
-
-    @property
-    def release(self) -> str:
-        """The distribution and its version, as people write them."""
-        return f"{self.distribution} {self.version}".strip()
 
 
 @dataclass(frozen=True)
@@ -127,7 +104,7 @@ class Component:
             if checked is _BAD:
                 problems.append(
                     f"parameter '{key}' of {self.kind} '{self.name}' must be "
-                    f"{_type_name(self.params[key])}, got {value!r}"
+                    f"{_with_article(type_name(self.params[key]))}, got {value!r}"
                 )
                 continue
             allowed = self.choices.get(key)
@@ -165,15 +142,24 @@ def _check_type(value: Any, default: Any) -> Any:
     return value if isinstance(value, type(default)) else _BAD
 
 
-def _type_name(default: Any) -> str:
+def type_name(default: Any) -> str:
+    """The type a suite must give for a parameter whose default is ``default``, e.g. ``integer``."""
     if isinstance(default, ComponentTable):
-        return f"a table naming a registered {default.kind}"
+        return f"table naming a registered {default.kind}"
     if default is None:
-        return "a number"
+        return "number"
     if isinstance(default, (list, tuple)):
-        return f"a list of {_type_name(default[0])}s" if default else "a list"
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+        if not default:
+            return "list"
+        item = type_name(default[0])
+        plural = "lists" + item[4:] if item.startswith("list") else f"{item}s"
+        return f"list of {plural}"
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "table"}
     return names.get(type(default), type(default).__name__)
+
+
+def _with_article(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
@@ -181,12 +167,38 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+# The warn callback of the Registry.notify call that is running, for the guards of isolated().
+_notify_warn: ContextVar[Callable[[str], None] | None] = ContextVar("harness_notify_warn", default=None)
+
+
+def isolated(function: Callable[..., Any], plugin_name: str, hook_name: str) -> Callable[..., Any]:
+    """``function``, a lifecycle hook implementation, reporting an exception to the ``warn`` of
+    :meth:`Registry.notify` instead of raising it, so that the hook's other implementations run."""
+
+    @functools.wraps(function)
+    def guard(*args: Any, **kwargs: Any) -> Any:  # pluggy passes the arguments by position
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            warn = _notify_warn.get()
+            if warn is None:  # called outside notify: nobody to tell
+                raise
+            warn(f"plugin '{plugin_name}': hook {hook_name} raised {one_line(exc)}")
+            return None
+
+    return guard
+
+
 @dataclass
 class Registry:
-    """Every component registered by the loaded plugins, by kind and name."""
+    """Every component registered by the loaded plugins, by kind and name.
+
+    ``plugins`` holds a :class:`harness.plugins.PluginInfo` per plugin, failed ones included (typed
+    loosely so that this module need not import the loader).
+    """
 
     plugin_manager: pluggy.PluginManager
-    plugins: list[PluginInfo] = field(default_factory=list)
+    plugins: list[Any] = field(default_factory=list)
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
     def get(self, kind: str, name: str) -> Component:
@@ -216,145 +228,10 @@ class Registry:
         }
 
     def notify(self, hook_name: str, warn: Callable[[str], None], **kwargs: Any) -> None:
-        """Call a lifecycle hook on every plugin; one that raises is reported and the others still run."""
-        for impl in getattr(self.plugin_manager.hook, hook_name).get_hookimpls():
-            try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames})
-            except Exception as exc:
-                warn(f"plugin '{impl.plugin_name}': hook {hook_name} raised {_one_line(exc)}")
-
-
-def _blocked_names(plugin_args: Iterable[str]) -> set[str]:
-    from_env = {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
-    return from_env | {a[3:] for a in plugin_args if a.startswith("no:")}
-
-
-def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = ()) -> Registry:
-    """Load the plugins and collect their components.
-
-    ``plugin_args`` are ``-p`` values: ``MODULE`` loads a module as a plugin, ``no:NAME`` blocks
-    the plugin NAME; such modules are also looked up in ``search_path`` (like pytest's rootdir).
-    A plugin that fails to import, or whose registration hook raises, is listed with its error and
-    left out; the others still work.
-    """
-    plugin_args = list(plugin_args)
-    for directory in search_path:
-        if str(directory) not in sys.path:
-            sys.path.insert(0, str(directory))
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    pm.add_hookspecs(hookspecs)
-    for name in _blocked_names(plugin_args):
-        pm.set_blocked(name)
-
-    infos: dict[str, PluginInfo] = {}
-    if not os.environ.get(DISABLE_AUTOLOAD_ENV):
-        for entry_point in importlib.metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
-            if pm.is_blocked(entry_point.name) or pm.has_plugin(entry_point.name):
-                continue
-            dist = entry_point.dist
-            dist_name = dist.metadata["Name"] if dist else UNPACKAGED
-            version = dist.version if dist else ""
-            try:
-                pm.register(entry_point.load(), name=entry_point.name)
-            except Exception as exc:  # a broken plugin must not break the others
-                infos[entry_point.name] = PluginInfo(entry_point.name, dist_name, version, error=_one_line(exc))
-                continue
-            infos[entry_point.name] = PluginInfo(entry_point.name, dist_name, version)
-
-    for module_name in (a for a in plugin_args if not a.startswith("no:")):
-        if pm.is_blocked(module_name) or pm.has_plugin(module_name):
-            continue
+        """Call a lifecycle hook through pluggy (its order, ``tryfirst``/``trylast`` and wrappers
+        apply); an implementation that raises is reported to ``warn`` and the others still run."""
+        token = _notify_warn.set(warn)
         try:
-            pm.register(importlib.import_module(module_name), name=module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name.partition(".")[0] and exc.name != module_name:
-                infos[module_name] = PluginInfo(module_name, UNPACKAGED, "", error=_one_line(exc))
-                continue
-            raise UsageError(f"cannot load plugin module '{module_name}': {exc}") from None
-        except Exception as exc:
-            infos[module_name] = PluginInfo(module_name, UNPACKAGED, "", error=_one_line(exc))
-            continue
-        infos[module_name] = PluginInfo(module_name, UNPACKAGED, "")
-
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(_one_line(exc)) from None
-
-    for plugin_name, plugin in pm.list_name_plugin():
-        if plugin is None:  # blocked
-            continue
-        hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
-        info = infos[plugin_name]
-        infos[plugin_name] = PluginInfo(info.name, info.distribution, info.version, hooks)
-
-    registry = Registry(pm)
-    errors: dict[str, str] = {}
-    for kind, hook_name in REGISTRATION_HOOKS.items():
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            if impl.plugin_name in errors:
-                continue
-            register = _register_function(registry, kind, infos[impl.plugin_name])
-            try:
-                impl.function(**{name: register for name in impl.argnames})
-            except PluginError:
-                raise
-            except Exception as exc:
-                errors[impl.plugin_name] = f"{hook_name} raised {_one_line(exc)}"
-                _drop_components(registry, impl.plugin_name)
-    for name, message in errors.items():
-        info = infos[name]
-        infos[name] = PluginInfo(info.name, info.distribution, info.version, info.hooks, message)
-        pm.unregister(name=name)
-    registry.plugins = sorted(infos.values(), key=lambda p: p.name)
-    return registry
-
-
-def _register_function(registry: Registry, kind: str, plugin: PluginInfo) -> RegisterFunction:
-    def register(
-        name: str,
-        factory: Callable[..., Any] | str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        choices: Mapping[str, Iterable[Any]] | None = None,
-        description: str = "",
-        imports: Iterable[str] = (),
-        evaluation_params: Iterable[str] = (),
-        higher_is_better: bool | None = None,
-    ) -> None:
-        if kind == "attack" and "norm" not in (params or {}):
-            raise PluginError(f"attack '{name}' of plugin '{plugin.name}' must declare a 'norm' parameter")
-        existing = registry.components[kind].get(name)
-        if existing is not None:
-            first = PluginInfo(existing.plugin, existing.distribution, existing.version)
-            raise PluginError(
-                f"{kind} '{name}' is registered twice: by plugin '{first.name}' ({first.release}) "
-                f"and by plugin '{plugin.name}' ({plugin.release})"
-            )
-        registry.components[kind][name] = Component(
-            kind=kind,
-            name=name,
-            factory=factory,
-            params=dict(params or {}),
-            choices={k: tuple(v) for k, v in (choices or {}).items()},
-            description=description,
-            plugin=plugin.name,
-            distribution=plugin.distribution,
-            version=plugin.version,
-            imports=tuple(imports),
-            evaluation_params=tuple(evaluation_params),
-            higher_is_better=higher_is_better,
-        )
-
-    return register
-
-
-def _drop_components(registry: Registry, plugin_name: str) -> None:
-    for comps in registry.components.values():
-        for name in [n for n, c in comps.items() if c.plugin == plugin_name]:
-            del comps[name]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            getattr(self.plugin_manager.hook, hook_name)(**kwargs)
+        finally:
+            _notify_warn.reset(token)

@@ -96,7 +96,7 @@ def make_context(
     device = torch.device(device)
 
     def build_attack(table: Mapping[str, Any]) -> TrainingAttack:
-        from harness.registry import load_plugins
+        from harness.plugins import load_plugins
 
         attack = load_plugins().build_from_table("attack", table, ignore=["eps"])
         generator = torch.Generator(device=device).manual_seed(seed)

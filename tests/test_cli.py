@@ -29,6 +29,7 @@ def leaderboard(tmp_path_factory):
 
 LIGHT_COMMANDS = [
     ["--help"],
+    ["plugins", "--params"],
     ["show", "{csv}"],
     ["compare", "{csv}", "{csv}"],
     ["validate", "{csv}"],
@@ -61,6 +62,20 @@ def test_plugins_json_lists_distributions_and_components(cli):
     assert listing["classifiers"]["hooks"] == ["register_models"]
     code, out, _ = cli("plugins")
     assert code == 0 and "pgd: ART ProjectedGradientDescentPyTorch" in out
+
+
+def test_plugins_params_lists_types_defaults_and_choices(cli):
+    code, out, _ = cli("plugins", "--params")
+    assert code == 0
+    assert "    pgd: ART" in out and "      max_iter: integer = 40\n" in out
+    assert "      norm: string = 'linf' (one of 'linf', 'l2')\n" in out
+    assert "      hidden: list of integers = [256, 256]\n" in out and "      eps_step: number = None\n" in out
+    code, out, _ = cli("plugins", "--params", "--json")
+    params = {p["name"]: p for p in json.loads(out)}["art"]["params"]
+    assert params["attack"]["pgd"]["max_iter"] == {"type": "integer", "default": 40, "choices": None}
+    assert params["attack"]["pgd"]["norm"] == {"type": "string", "default": "linf", "choices": ["linf", "l2"]}
+    code, out, _ = cli("plugins", "--json")
+    assert all("params" not in p for p in json.loads(out))
 
 
 def test_show_ranks_within_each_threat_setting(cli, leaderboard):

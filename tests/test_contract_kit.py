@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.contracts import Attack, Classifier, StandardTraining
-from harness.registry import load_plugins
+from harness.plugins import load_plugins
 from harness.testing import check_attack, check_dataset, check_defense, check_model, tiny_digits
 
 

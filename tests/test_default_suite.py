@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import ROOT
 
 from harness.leaderboard import read_leaderboard
-from harness.registry import load_plugins
+from harness.plugins import load_plugins
 from harness.suite import parse_suite, read_suite_file
 
 SUITE = ROOT / "leaderboards" / "digits.toml"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ValidationError
-from harness.registry import load_plugins
+from harness.plugins import load_plugins
 from harness.suite import parse_suite, read_suite_file
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from harness_classifiers.models import SmallCNN
 from harness_datasets.loaders import load_digits
 
-from harness.registry import load_plugins
+from harness.plugins import load_plugins
 from harness.training import seed_everything
 
 ITERATIONS = 40
