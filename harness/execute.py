@@ -285,29 +285,45 @@ class Workspace:
         return run
 
     def outcome(self, trained: TrainedModel, run: AttackRun, cell: Cell, norm: str, minimal: bool) -> CellOutcome:
-        """The cell's per-sample outcomes: for a minimal-norm attack, the inputs within the cell's eps."""
-        x, y = trained.x, trained.y
-        x_adv, norms = run.x_adv, run.norms
-        if minimal:
-            within = norms <= cell.eps + 1e-9
-            x_adv = torch.where(within.view(-1, *[1] * (x.ndim - 1)), x_adv, x)
-            norms = torch.where(within, norms, torch.zeros_like(norms))
-        adv_pred = self.predictions(trained.model, x_adv, trained.draws, cell.model_key)
-        clean_ok = trained.clean_pred == y
-        return CellOutcome(
-            norm=norm,
-            eps=cell.eps,
-            index=torch.arange(len(y)),
-            x=x,
-            y=y,
-            x_adv=x_adv,
-            clean_correct=clean_ok.double().mean(dim=0),
-            robust=(clean_ok & (adv_pred == y)).double().mean(dim=0),
-            adv_label=adv_pred[0],
-            norms=norms,
-            extras=run.extras,
-            scalars=run.scalars,
-        )
+        return cell_outcome(
+            norm, cell.eps, trained.x, trained.y, run, minimal, trained.clean_pred,
+            lambda x_adv: self.predictions(trained.model, x_adv, trained.draws, cell.model_key),
+        )  # fmt: skip
+
+
+def cell_outcome(
+    norm: str,
+    eps: float,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    run: AttackOutcome | AttackRun,
+    minimal: bool,
+    clean_pred: torch.Tensor,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+) -> CellOutcome:
+    """A cell's per-sample outcomes from an attack run (for a minimal-norm attack, the inputs within
+    ``eps``), with the clean predictions and ``predict`` giving labels (draws, n)."""
+    x_adv, norms = run.x_adv, run.norms
+    if minimal:
+        within = norms <= eps + 1e-9
+        x_adv = torch.where(within.view(-1, *[1] * (x.ndim - 1)), x_adv, x)
+        norms = torch.where(within, norms, torch.zeros_like(norms))
+    adv_pred = predict(x_adv)
+    clean_ok = clean_pred == y
+    return CellOutcome(
+        norm=norm,
+        eps=eps,
+        index=torch.arange(len(y)),
+        x=x,
+        y=y,
+        x_adv=x_adv,
+        clean_correct=clean_ok.double().mean(dim=0),
+        robust=(clean_ok & (adv_pred == y)).double().mean(dim=0),
+        adv_label=adv_pred[0],
+        norms=norms,
+        extras=dict(run.extras),
+        scalars=dict(run.scalars),
+    )
 
 
 def _concatenated(outcomes: Sequence[AttackOutcome], seconds: float) -> AttackRun:

@@ -348,21 +348,8 @@ def check_metric(metric: Metric, model: Model, outcomes: Sequence[CellOutcome]) 
 def outcome_of(attack: Attack, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float) -> CellOutcome:
     """A cell's outcomes for ``attack`` at ``eps`` on a deterministic ``model``, as the runner
     builds them (a minimal-norm attack's samples beyond eps count as unbroken)."""
+    from harness.execute import cell_outcome
+
     run = attack.run(model, x, y, None if attack.minimal_norm else eps, _generator(x))
-    within = run.norms <= eps + TOLERANCE
-    x_adv = torch.where(within.view(-1, *[1] * (x.ndim - 1)), run.x_adv, x)
-    clean, adversarial = model.predict(x), model.predict(x_adv)
-    return CellOutcome(
-        norm=attack.norm,
-        eps=eps,
-        index=torch.arange(len(y)),
-        x=x,
-        y=y,
-        x_adv=x_adv,
-        clean_correct=(clean == y).double(),
-        robust=((clean == y) & (adversarial == y)).double(),
-        adv_label=adversarial,
-        norms=torch.where(within, run.norms, torch.zeros_like(run.norms)),
-        extras=dict(run.extras),
-        scalars=dict(run.scalars),
-    )
+    clean = model.predict(x).unsqueeze(0)
+    return cell_outcome(attack.norm, eps, x, y, run, attack.minimal_norm, clean, lambda z: model.predict(z).unsqueeze(0))

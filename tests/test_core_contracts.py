@@ -290,10 +290,11 @@ def test_a_stochastic_model_is_scored_over_draws_reproducibly(cli, write_suite, 
     code, _, err = cli("run", suite, "--cache-dir", tmp_path / "a")
     assert code == 0, err
     first = rows(suite.with_suffix(".csv"))
+    # 7 draws of the clean predictions, then 7 of each cell's adversarial ones (60 samples: one batch)
+    assert harness_testplugin.CALLS["noisy predictions"] == 7 + 2 * 7
     n = first["n_samples"].iloc[0]
-    clean = first["clean_accuracy"].iloc[0]
-    assert not math.isclose(clean * n, round(clean * n)), "an average over draws, not one draw's accuracy"
-    assert math.isclose(clean * n * 7, round(clean * n * 7))
+    for value in (*first["clean_accuracy"], *first["robust_accuracy"]):
+        assert math.isclose(value * n * 7, round(value * n * 7)), "an average over 7 draws of n samples"
     assert (first["robust_accuracy"] <= first["clean_accuracy"]).all()
     cli("run", suite, "--cache-dir", tmp_path / "b", "--output", tmp_path / "b.csv")
     pd.testing.assert_series_equal(rows(tmp_path / "b.csv")["robust_accuracy"], first["robust_accuracy"])
