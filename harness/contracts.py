@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from harness.leaderboard import BUDGET_TOLERANCE, over_budget
+
 LOGITS = "logits"
 """``model.logits(x)``: differentiable class scores (B, num_classes)."""
 LOSS = "loss"
@@ -26,9 +28,6 @@ LOSS = "loss"
 objective, so that a defense can reuse the shared training loop (:class:`TrainingLoopDefense`)."""
 
 NORMS = ("linf", "l2", "l1", "l0")
-BUDGET_TOLERANCE = 1e-5
-"""How far a perturbation may exceed its budget (relative to ``max(eps, 1)``), or an image leave
-[0, 1], before the runner rejects it: room for float32 rounding, not for a real excess."""
 
 
 @dataclass(frozen=True)
@@ -425,7 +424,7 @@ def budget_violation(x_adv: torch.Tensor, norms: torch.Tensor, norm: str, eps: f
         return f"returned images outside [0, 1] (values from {low:.6g} to {high:.6g})"
     if eps is not None and len(norms):
         largest = norms.max().item()
-        if largest > eps + BUDGET_TOLERANCE * max(eps, 1.0):
+        if over_budget(largest, eps):
             return f"exceeded its budget: {norm} perturbation of {largest:.6g} > eps {eps:g}"
     return None
 
@@ -468,8 +467,8 @@ class TrainingAttack:
 class CellOutcome:
     """The per-sample outcomes of one cell, on the CPU: what cell and sweep metrics receive.
 
-    ``clean_correct`` and ``robust`` are per-sample fractions of the evaluation draws (0 or 1
-    for a deterministic model): ``robust`` is correct both clean and under attack. ``x_adv`` holds
+    ``clean_correct``, ``adv_correct`` and ``robust`` are per-sample fractions of the evaluation
+    draws (0 or 1 for a deterministic model): ``robust`` is correct both clean and under attack. ``x_adv`` holds
     the adversarial inputs used at this eps (for a minimal-norm attack, the clean input where the
     attack needed more than eps) and ``norms`` their perturbation sizes in the attack's norm.
     """
@@ -481,6 +480,7 @@ class CellOutcome:
     y: torch.Tensor
     x_adv: torch.Tensor
     clean_correct: torch.Tensor
+    adv_correct: torch.Tensor
     robust: torch.Tensor
     adv_label: torch.Tensor
     norms: torch.Tensor

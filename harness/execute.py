@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -40,8 +40,12 @@ from harness.contracts import (
 )
 from harness.errors import UsageError, one_line
 from harness.registry import Registry
+from harness.review import wilson_interval
 from harness.suite import DEFAULT_DEFENSES, Cell, Entry, config_hash
 from harness.training import fit, predict_batched, preserved_rng, seed_everything, warm_up
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Progress = Callable[[Iterable[Any], str], Iterable[Any]]
 T = TypeVar("T")
@@ -99,12 +103,31 @@ class Skip(Exception):
 
 @dataclass(frozen=True)
 class CellResult:
-    """What computing a cell gave: a status, a one-line message and the measured columns."""
+    """What computing a cell gave: a status, a one-line message, the measured columns and, for an
+    ``ok`` cell, its per-sample outcomes (see :mod:`harness.outcomes`)."""
 
     cell: Cell
     status: str
     message: str = ""
     measurements: Mapping[str, Any] = field(default_factory=dict)
+    samples: pd.DataFrame | None = None
+
+
+def outcome_frame(cell_id: str, outcome: CellOutcome) -> pd.DataFrame:
+    """A cell's per-sample outcomes as rows of the outcomes file."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "cell_id": cell_id,
+            "sample": outcome.index.numpy(),
+            "clean_correct": outcome.clean_correct.numpy(),
+            "adversarial_correct": outcome.adv_correct.numpy(),
+            "robust": outcome.robust.numpy(),
+            "adversarial_label": outcome.adv_label.numpy(),
+            "perturbation": outcome.norms.double().numpy(),
+        }
+    )
 
 
 @dataclass
@@ -318,6 +341,7 @@ def cell_outcome(
         y=y,
         x_adv=x_adv,
         clean_correct=clean_ok.double().mean(dim=0),
+        adv_correct=(adv_pred == y).double().mean(dim=0),
         robust=(clean_ok & (adv_pred == y)).double().mean(dim=0),
         adv_label=adv_pred[0],
         norms=norms,
@@ -405,10 +429,11 @@ def _compute_sweep(
                 **scores(outcome),
                 "train_seconds": trained.train_seconds,
                 "attack_seconds": run.seconds,
+                "minimal_norm": attack.minimal_norm,
                 **{f"metric_{name}": value for name, value in run.scalars.items()},
                 **values,
             }
-            result = CellResult(cell, "ok", "; ".join(problems), measurements)
+            result = CellResult(cell, "ok", "; ".join(problems), measurements, outcome_frame(cell.cell_id, outcome))
             outcomes.append(outcome)
         if held:
             results.append(result)
@@ -529,13 +554,3 @@ def _built(obj: Any, expected: type[T], what: str) -> T:
     if not isinstance(obj, expected):
         raise TypeError(f"{what} returned {type(obj).__name__}, not a harness {expected.__name__}")
     return obj
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion."""
-    from scipy.stats import binomtest
-
-    if n == 0:
-        return float("nan"), float("nan")
-    interval = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(interval.low), float(interval.high)

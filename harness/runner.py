@@ -1,8 +1,9 @@
 """Running a suite: plan the cells, skip the completed ones, compute the rest, persist each at once.
 
-The leaderboard CSV is the run's state: every finished cell is written to it atomically before the
-next one starts, so a killed run loses nothing, and a re-run computes only the missing cells
-(``ok`` and ``skipped`` rows are complete; ``error`` rows are retried).
+The leaderboard CSV is the run's state: every finished cell is written to it (and its per-sample
+outcomes beside it, first) atomically before the next one starts, so a killed run loses nothing,
+and a re-run computes only the missing cells (``ok`` and ``skipped`` rows are complete; ``error``
+rows are retried).
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ValidationError
-from harness.leaderboard import SCHEMA_VERSION, read_leaderboard, write_leaderboard
+from harness.leaderboard import SCHEMA_VERSION, read_leaderboard, to_frame, write_leaderboard
+from harness.outcomes import outcomes_path, read_outcomes, write_outcomes
 from harness.registry import Registry
+from harness.review import flags
 from harness.suite import Cell, Suite
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COMPLETE = ("ok", "skipped")
 
@@ -133,10 +139,13 @@ def run_suite(
     cells = suite.cells()
     ids = {cell.cell_id for cell in cells}
     rows: dict[str, dict[str, Any]] = {}
+    samples: dict[str, pd.DataFrame] = {}
+    outcomes_file = outcomes_path(options.output)
     stale = 0
     if options.output.exists() and not options.force:
         try:
             existing = read_leaderboard(options.output)
+            previous = read_outcomes(outcomes_file) if outcomes_file.exists() else None
         except ValidationError as exc:
             raise ValidationError(exc.source, [*exc.problems, "fix the file or run with --force to overwrite it"]) from None
         for record in existing.to_dict("records"):
@@ -144,16 +153,22 @@ def run_suite(
                 rows[record["cell_id"]] = record
             elif record["cell_id"] not in ids:
                 stale += 1
+        if previous is not None:
+            samples = {cell_id: group for cell_id, group in previous.groupby("cell_id") if cell_id in rows}
     pending = _pending(suite, cells, rows)
     reused = len(cells) - len(pending)
 
     def persist() -> None:
-        write_leaderboard([rows[c.cell_id] for c in cells if c.cell_id in rows], options.output)
+        """The outcomes first, then the leaderboard: every row written has its outcomes."""
+        done = [c.cell_id for c in cells if c.cell_id in rows]
+        write_outcomes([samples[cell_id] for cell_id in done if cell_id in samples], outcomes_file)
+        frame = to_frame(rows[cell_id] for cell_id in done)
+        write_leaderboard(frame.assign(flags=flags(frame)).to_dict("records"), options.output)
 
     if stale:
         warn(f"dropping {stale} rows of {options.output} that are not cells of suite '{suite.name}'")
     if pending:
-        _compute(suite, registry, options, pending, rows, persist, warn)
+        _compute(suite, registry, options, pending, rows, samples, persist, warn)
     elif stale or options.force:
         persist()
     final = [rows[c.cell_id] for c in cells if c.cell_id in rows]
@@ -184,6 +199,7 @@ def _compute(
     options: RunOptions,
     pending: list[Cell],
     rows: dict[str, dict[str, Any]],
+    samples: dict[str, pd.DataFrame],
     persist: Callable[[], None],
     warn: Callable[[str], None],
 ) -> None:
@@ -225,6 +241,10 @@ def _compute(
             for result in execute.compute_group(group, workspace, on_start=started):
                 row = build_row(result.cell, result.status, result.message, result.measurements, environment)
                 rows[result.cell.cell_id] = row
+                if result.samples is None:
+                    samples.pop(result.cell.cell_id, None)
+                else:
+                    samples[result.cell.cell_id] = result.samples
                 persist()
                 registry.notify("cell_finished", warn, cell=result.cell, row=row)
                 bar.update()

@@ -153,7 +153,7 @@ def test_median_perturbation_is_the_usual_median():
         x_adv[i, 0, 0, 0] = size
     ones = torch.ones(4, dtype=torch.float64)
     outcome = CellOutcome("l2", 1.0, torch.arange(4), x, torch.zeros(4, dtype=torch.long), x_adv, ones, ones * 0,
-                          torch.ones(4, dtype=torch.long), torch.zeros(4))  # fmt: skip
+                          ones * 0, torch.ones(4, dtype=torch.long), torch.zeros(4))  # fmt: skip
     row = scores(outcome)
     assert row["median_perturbation_l2"] == pytest.approx(0.3)  # not the lower middle value, 0.2
     assert row["mean_perturbation_l2"] == pytest.approx(0.375)

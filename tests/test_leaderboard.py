@@ -18,7 +18,7 @@ def make_row(**overrides):
         norm="linf", eps=0.1, seed=0, n_samples=100, clean_accuracy=0.9, robust_accuracy=0.5,
         robust_accuracy_ci_low=0.4, robust_accuracy_ci_high=0.6, attack_success_rate=0.44,
         mean_perturbation_l2=1.5, median_perturbation_l2=1.4, max_perturbation_linf=0.1, train_seconds=1.0,
-        attack_seconds=2.0, status="ok", message="", cell_id="abc", created_at="2026-01-01T00:00:00+00:00",
+        attack_seconds=2.0, minimal_norm=False, status="ok", message="", cell_id="abc", created_at="2026-01-01T00:00:00+00:00",
     )  # fmt: skip
     row.update(overrides)
     return row
@@ -61,7 +61,7 @@ def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path):
         (lambda f: f[[*COLUMNS[1:], COLUMNS[0]]], "not in the schema's order"),
         (lambda f: f.assign(robust_accuracy="high"), "column 'robust_accuracy' has non-numeric values (lines 2)"),
         (lambda f: f.assign(status="done"), "column 'status' must be one of ok, skipped, error"),
-        (lambda f: f.assign(robust_accuracy=0.95, robust_accuracy_ci_high=0.99), "robust_accuracy exceeds clean_accuracy"),
+        (lambda f: f.assign(minimal_norm="maybe"), "column 'minimal_norm' must be True, False or empty"),
         (lambda f: f.assign(clean_accuracy=1.5), "column 'clean_accuracy' must lie in [0, 1]"),
         (lambda f: f.assign(schema_version=99), "unsupported schema_version 99"),
         (lambda f: f.assign(seed=0.5), "column 'seed' must hold integers"),

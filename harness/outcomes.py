@@ -1,0 +1,126 @@
+"""Per-sample outcomes beside a leaderboard: one row per (cell, test sample).
+
+``digits.csv`` has its outcomes in ``digits.outcomes.csv.gz``, a gzip-compressed CSV that pandas
+reads as it is (``pd.read_csv(path)``). A compressed CSV is enough at these sizes (tens of
+thousands of rows, well under a megabyte) without another dependency. The file is optional for
+every reader: a leaderboard without it still shows, compares and validates, with fewer
+statistics. The runner writes it atomically before the leaderboard, so every row of the
+leaderboard has its outcomes; outcomes of cells the leaderboard does not hold are dropped.
+
+Columns:
+
+- ``cell_id``: the leaderboard row's ``cell_id``;
+- ``sample``: the test sample's position in the dataset's test split;
+- ``clean_correct``, ``adversarial_correct``, ``robust``: 1 if the model classified the sample
+  correctly without attack, under attack, and both; for a stochastic model the fraction of the
+  evaluation draws;
+- ``adversarial_label``: the label predicted under attack (the first draw);
+- ``perturbation``: the perturbation's size in the attack's norm (0 where a minimal-norm attack
+  needed more than the cell's eps).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.errors import UsageError, ValidationError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+COLUMNS = ["cell_id", "sample", "clean_correct", "adversarial_correct", "robust", "adversarial_label", "perturbation"]
+FRACTIONS = ["clean_correct", "adversarial_correct", "robust"]
+SUFFIX = ".outcomes.csv.gz"
+
+
+def outcomes_path(leaderboard: Path) -> Path:
+    """Where the outcomes of ``leaderboard`` live: ``X.csv`` -> ``X.outcomes.csv.gz``."""
+    return leaderboard.with_name(leaderboard.stem + SUFFIX)
+
+
+def write_outcomes(frames: Iterable[pd.DataFrame], path: Path) -> None:
+    """Write the outcomes atomically (readers see the old file or the new one), byte for byte the
+    same for the same outcomes."""
+    import pandas as pd
+
+    frames = list(frames)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        frame[COLUMNS].to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_outcomes(path: Path) -> pd.DataFrame:
+    """Read and validate an outcomes file; raise :class:`ValidationError` naming what is wrong."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype={"cell_id": "string"}, compression="gzip")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such outcomes file") from None
+    except Exception as exc:  # gzip, CSV and decoding errors alike
+        raise ValidationError(str(path), [f"not a readable gzip CSV: {' '.join(str(exc).split())}"]) from None
+    problems = _problems(frame)
+    if problems:
+        raise ValidationError(str(path), problems)
+    return frame
+
+
+def _problems(frame: pd.DataFrame) -> list[str]:
+    import pandas as pd
+
+    if list(frame.columns) != COLUMNS:
+        return [f"columns must be {', '.join(COLUMNS)}, got {', '.join(map(str, frame.columns))}"]
+    problems = []
+    for column in COLUMNS[1:]:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any():
+            problems.append(f"column '{column}' must be numeric on every row")
+        frame[column] = values
+    if problems:
+        return problems
+    for column in FRACTIONS:
+        if not frame[column].between(0, 1).all():
+            problems.append(f"column '{column}' must lie in [0, 1]")
+    if (frame["robust"] > frame[["clean_correct", "adversarial_correct"]].min(axis=1) + 1e-9).any():
+        problems.append("'robust' exceeds 'clean_correct' or 'adversarial_correct'")
+    if (frame["perturbation"] < 0).any() or (frame["sample"] < 0).any():
+        problems.append("'sample' and 'perturbation' must not be negative")
+    if frame["cell_id"].isna().any():
+        problems.append("column 'cell_id' is empty on some rows")
+    if frame.duplicated(["cell_id", "sample"]).any():
+        problems.append("duplicate (cell_id, sample) rows")
+    return problems
+
+
+def check_against(frame: pd.DataFrame, leaderboard: pd.DataFrame, source: str) -> None:
+    """The outcomes must agree with the leaderboard they sit beside: every outcome's cell is an
+    ``ok`` row, whose ``n_samples`` and accuracies they reproduce."""
+    ok = leaderboard[leaderboard["status"] == "ok"].set_index("cell_id")
+    problems = []
+    unknown = set(frame["cell_id"]) - set(ok.index)
+    if unknown:
+        problems.append(f"{len(unknown)} cells are not ok rows of the leaderboard (e.g. {sorted(unknown)[0]})")
+    summary = frame[frame["cell_id"].isin(ok.index)].groupby("cell_id").agg(
+        n=("sample", "size"), clean=("clean_correct", "mean"), robust=("robust", "mean")
+    )
+    rows = ok.loc[summary.index]
+    disagree = (
+        (summary["n"] != rows["n_samples"])
+        | ((summary["clean"] - rows["clean_accuracy"]).abs() > 1e-9)
+        | ((summary["robust"] - rows["robust_accuracy"]).abs() > 1e-9)
+    )
+    if disagree.any():
+        problems.append(f"{int(disagree.sum())} cells disagree with their leaderboard row (e.g. {disagree[disagree].index[0]})")
+    if problems:
+        raise ValidationError(source, problems)
