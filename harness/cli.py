@@ -266,9 +266,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     elif path.suffix == ".csv":
         from harness.leaderboard import read_leaderboard
 
+        from harness.outcomes import check_against, outcomes_path, read_outcomes
+
         frame = read_leaderboard(path)
         counts = frame["status"].value_counts()
         summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "error"))
+        beside = outcomes_path(path)
+        if beside.exists():
+            outcomes = read_outcomes(beside)
+            check_against(outcomes, frame, str(beside))
+            summary += f"; with outcomes: {len(outcomes)} samples of {outcomes['cell_id'].nunique()} cells"
         print(f"{path}: valid leaderboard ({len(frame)} rows: {summary})")
     else:
         raise UsageError(f"{path}: cannot tell a suite (.toml) from a leaderboard (.csv) by its name")

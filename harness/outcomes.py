@@ -21,6 +21,7 @@ Columns:
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
 from collections.abc import Iterable
@@ -50,10 +51,13 @@ def write_outcomes(frames: Iterable[pd.DataFrame], path: Path) -> None:
     frames = list(frames)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = gzip.compress(frame[COLUMNS].to_csv(index=False).encode(), mtime=0)  # no name, no time: same bytes
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
     try:
-        frame[COLUMNS].to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import pytest
 from conftest import TINY_SUITE, run_harness, subprocess_env
 
 from harness.leaderboard import read_leaderboard
+from harness.outcomes import outcomes_path, read_outcomes
 
 TIMING = ["train_seconds", "attack_seconds", "created_at"]
 
@@ -177,11 +178,14 @@ def test_killed_run_resumes_to_the_same_leaderboard(tmp_path, write_suite):
     process.wait()
     finished = len(read_leaderboard(output))
     assert 3 <= finished < 12
+    # the outcomes written so far cover exactly the rows written so far
+    assert read_outcomes(outcomes_path(output))["cell_id"].nunique() == finished
 
     resumed = run_harness(tmp_path, "run", suite, "--output", output, "--cache-dir", tmp_path / "cache")
     assert resumed.returncode == 0, resumed.stderr
     assert f"({12 - finished} computed, {finished} already done)" in resumed.stdout
     pd.testing.assert_frame_equal(results(output), results(reference))
+    assert outcomes_path(output).read_bytes() == outcomes_path(reference).read_bytes()
 
 
 def test_a_raising_reporter_hook_is_reported_and_the_run_goes_on(cli, write_suite, tmp_path):

@@ -1,0 +1,146 @@
+"""Per-sample outcomes, the reviewer's flags and the worst case over attacks, on hand-made
+leaderboards and outcome files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from scipy.stats import binomtest
+from test_leaderboard import make_row
+
+from harness.errors import ValidationError
+from harness.leaderboard import read_leaderboard, to_frame, write_leaderboard
+from harness.outcomes import check_against, outcomes_path, read_outcomes, write_outcomes
+from harness.review import flags, worst_case
+
+FGSM = json.dumps({"norm": "linf"})
+PGD = json.dumps({"norm": "linf", "max_iter": 10})
+
+
+def row(attack="pgd", eps=0.1, robust=0.5, clean=0.9, seed=0, **overrides):
+    values = {
+        "attack": attack, "eps": eps, "robust_accuracy": robust, "clean_accuracy": clean, "seed": seed,
+        "cell_id": f"{attack}-{eps}-{seed}-{overrides.get('model', 'mlp')}", "attack_params": PGD if attack == "pgd" else FGSM,
+        "robust_accuracy_ci_low": 0.0, "robust_accuracy_ci_high": 1.0, "max_perturbation_linf": min(eps, 1.0),
+    }  # fmt: skip
+    return make_row(**{**values, **overrides})
+
+
+def raised(rows):
+    frame = to_frame(rows)
+    return dict(zip(zip(frame["attack"], frame["eps"]), flags(frame)))
+
+
+def test_no_flags_on_a_sound_leaderboard():
+    rows = [row("fgsm", 0.1, 0.6), row("pgd", 0.1, 0.5), row("fgsm", 0.3, 0.2), row("pgd", 0.3, 0.1)]
+    assert set(raised(rows).values()) == {""}
+
+
+def test_robust_accuracy_rising_with_eps_is_flagged():
+    got = raised([row("pgd", 0.1, 0.5), row("pgd", 0.2, 0.3), row("pgd", 0.3, 0.4)])
+    assert got == {("pgd", 0.1): "", ("pgd", 0.2): "", ("pgd", 0.3): "rises-with-eps"}
+
+
+def test_a_single_step_attack_beating_an_iterative_one_is_flagged():
+    got = raised([row("fgsm", 0.1, 0.4), row("pgd", 0.1, 0.5)])
+    assert got[("pgd", 0.1)] == "single-step-stronger" and got[("fgsm", 0.1)] == ""
+
+
+def test_accuracy_above_chance_at_an_unbounded_or_huge_budget_is_flagged():
+    got = raised([row("pgd", math.inf, 0.35), row("pgd", 0.5, 0.15), row("fgsm", 0.5, 0.25)])
+    assert got[("pgd", math.inf)] == "above-chance; rises-with-eps"  # 0.35 at inf after 0.15 at 0.5
+    assert got[("pgd", 0.5)] == ""  # under twice chance (0.2 for ten classes)
+    assert got[("fgsm", 0.5)] == "above-chance"
+
+
+def test_robust_above_clean_and_over_budget_are_flagged():
+    got = raised([row("pgd", 0.1, 0.95, clean=0.9), row("fgsm", 0.2, 0.3, max_perturbation_linf=0.25)])
+    assert got[("pgd", 0.1)] == "robust-above-clean" and got[("fgsm", 0.2)] == "over-budget"
+    rejected = row("pgd", 0.3, math.nan, status="error", message="ValueError: attack 'x' (plugin 'y') exceeded its budget: ...")
+    assert raised([rejected])[("pgd", 0.3)] == "over-budget"
+
+
+def outcomes_for(cell_id, robust, clean=None):
+    clean = clean or [1] * len(robust)
+    return pd.DataFrame({
+        "cell_id": cell_id, "sample": range(len(robust)), "clean_correct": clean,
+        "adversarial_correct": robust, "robust": [r * c for r, c in zip(robust, clean)],
+        "adversarial_label": 0, "perturbation": 0.1,
+    })  # fmt: skip
+
+
+def test_the_worst_case_counts_a_sample_robust_only_if_every_attack_failed(tmp_path):
+    clean = [1, 1, 1, 1, 0, 1]
+    fgsm, pgd = [1, 0, 1, 1, 0, 1], [1, 1, 0, 1, 0, 1]
+    rows = [
+        row("fgsm", 0.1, sum(f * c for f, c in zip(fgsm, clean)) / 6, clean=5 / 6, n_samples=6),
+        row("pgd", 0.1, sum(p * c for p, c in zip(pgd, clean)) / 6, clean=5 / 6, n_samples=6),
+        row("pgd", 0.3, 0.0, clean=5 / 6, n_samples=6),  # only one attack at eps 0.3: no worst case
+    ]
+    outcomes = pd.concat([outcomes_for("fgsm-0.1-0-mlp", fgsm, clean), outcomes_for("pgd-0.1-0-mlp", pgd, clean)])
+    frame = to_frame(rows)
+    check_against(outcomes.copy(), frame, "hand-made")
+    [worst] = worst_case(frame, outcomes).to_dict("records")
+    # by hand: samples 0, 3, 5 survive both attacks; sample 4 is wrong even clean
+    assert worst["attack"] == "worst-case" and worst["eps"] == 0.1 and worst["n_samples"] == 6
+    assert worst["robust_accuracy"] == pytest.approx(3 / 6)
+    assert worst["attack_success_rate"] == pytest.approx(2 / 5)
+    interval = binomtest(3, 6).proportion_ci(method="wilson")
+    assert (worst["robust_accuracy_ci_low"], worst["robust_accuracy_ci_high"]) == pytest.approx((interval.low, interval.high))
+    assert worst["message"] == "union of fgsm, pgd"
+
+
+def test_outcomes_round_trip_and_are_validated(tmp_path):
+    path = outcomes_path(tmp_path / "lb.csv")
+    assert path.name == "lb.outcomes.csv.gz"
+    frame = outcomes_for("abc", [1, 0, 1])
+    write_outcomes([frame], path)
+    first = path.read_bytes()
+    write_outcomes([frame], path)
+    assert path.read_bytes() == first, "the same outcomes give the same bytes"
+    assert [p.name for p in tmp_path.iterdir()] == ["lb.outcomes.csv.gz"]
+    back = read_outcomes(path)
+    assert back["robust"].tolist() == [1, 0, 1] and back["cell_id"].tolist() == ["abc"] * 3
+    assert pd.read_csv(path)["sample"].tolist() == [0, 1, 2], "pandas reads it as it is"
+    for broken, message in [
+        (frame.assign(robust=2), "'robust' must lie in [0, 1]"),
+        (frame.drop(columns="perturbation"), "columns must be"),
+        (pd.concat([frame, frame]), "duplicate (cell_id, sample) rows"),
+        (frame.assign(robust=1, adversarial_correct=0), "'robust' exceeds"),
+    ]:
+        broken.to_csv(path, index=False, compression="gzip")
+        with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            read_outcomes(path)
+    path.write_bytes(b"not gzip")
+    with pytest.raises(ValidationError, match="not a readable gzip CSV"):
+        read_outcomes(path)
+
+
+def test_outcomes_must_agree_with_their_leaderboard():
+    frame = to_frame([row("pgd", 0.1, 0.5, clean=1.0, n_samples=4, cell_id="c1")])
+    check_against(outcomes_for("c1", [1, 0, 1, 0]), frame, "ok")
+    with pytest.raises(ValidationError, match="1 cells disagree with their leaderboard row"):
+        check_against(outcomes_for("c1", [1, 1, 1, 0]), frame, "x")
+    with pytest.raises(ValidationError, match="1 cells are not ok rows of the leaderboard"):
+        check_against(outcomes_for("other", [1, 0, 1, 0]), frame, "x")
+
+
+def test_a_run_writes_outcomes_that_match_its_leaderboard(cli, write_suite):
+    suite = write_suite()
+    assert cli("run", suite)[0] == 0
+    frame = read_leaderboard(suite.with_suffix(".csv"))
+    outcomes = read_outcomes(outcomes_path(suite.with_suffix(".csv")))
+    check_against(outcomes, frame, "run")
+    assert len(outcomes) == len(frame) * 60 and set(outcomes["cell_id"]) == set(frame["cell_id"])
+    assert frame["flags"].fillna("").eq("").all()
+    code, out, _ = cli("validate", suite.with_suffix(".csv"))
+    assert code == 0 and "with outcomes" in out
+    # a corrupt outcomes file stops a resume (like a corrupt leaderboard), with the way out
+    outcomes_path(suite.with_suffix(".csv")).write_bytes(b"garbage")
+    code, _, err = cli("run", suite)
+    assert code == 2 and "not a readable gzip CSV" in err and "--force" in err
+    code, _, err = cli("validate", suite.with_suffix(".csv"))
+    assert code == 2 and "outcomes" in err
