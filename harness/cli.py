@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, UsageError
 from harness.plugins import load_plugins
-from harness.registry import Component, ComponentTable, Registry, type_name
+from harness.registry import Component, ComponentTable, Registry, did_you_mean, type_name
 from harness.runner import warn_on_stderr
 
 if TYPE_CHECKING:
@@ -128,12 +128,36 @@ def _filtered(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     return frame
 
 
+def read_with_outcomes(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A leaderboard and, when a valid one lies beside it, its outcomes (a broken outcomes file is
+    reported and left out: the leaderboard alone still shows and compares)."""
+    from harness.errors import ValidationError
+    from harness.leaderboard import read_leaderboard
+    from harness.outcomes import check_against, outcomes_path, read_outcomes
+
+    frame = read_leaderboard(path)
+    beside = outcomes_path(path)
+    if not beside.exists():
+        return frame, None
+    try:
+        outcomes = read_outcomes(beside)
+        check_against(outcomes, frame, str(beside))
+    except ValidationError as exc:
+        warn_on_stderr(f"leaving out the outcomes: {exc}")
+        return frame, None
+    return frame, outcomes
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from harness.leaderboard import metric_columns, read_leaderboard
+    from harness.leaderboard import metric_columns
+    from harness.review import FLAGS, flags, worst_case
 
-    frame = read_leaderboard(args.csv)
+    frame, outcomes = read_with_outcomes(args.csv)
+    frame = frame.assign(flags=flags(frame))
+    if outcomes is not None:
+        frame = pd.concat([frame, worst_case(frame, outcomes)], ignore_index=True)
     shown = _filtered(frame, args)
     if shown.empty:
         print("no rows match")
@@ -141,17 +165,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     metrics = metric_columns(frame.columns)
     if args.per_seed:
         table = shown[[*ENTRY_COLUMNS, "seed", "clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low",
-                       "robust_accuracy_ci_high", "attack_success_rate", *metrics, "status"]]  # fmt: skip
+                       "robust_accuracy_ci_high", "attack_success_rate", *metrics, "status", "flags"]]  # fmt: skip
     else:
-        grouped = shown.groupby(ENTRY_COLUMNS, dropna=False, sort=False)
-        table = grouped.agg(
-            seeds=("seed", "nunique"),
-            clean_accuracy=("clean_accuracy", "mean"),
-            robust_accuracy=("robust_accuracy", "mean"),
-            robust_accuracy_std=("robust_accuracy", "std"),
-            attack_success_rate=("attack_success_rate", "mean"),
-            **{m: (m, "mean") for m in metrics},
-        ).reset_index()
+        table = pd.DataFrame(
+            [_mean_over_seeds(group, metrics) for _, group in shown.groupby(ENTRY_COLUMNS, dropna=False, sort=False)]
+        )
     if args.sort not in table.columns:
         raise UsageError(f"cannot sort by '{args.sort}' (columns: {', '.join(table.columns)})")
     # Rank within each threat setting: entries are comparable only at the same norm and eps.
@@ -159,8 +177,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     ascending = args.ascending or not higher_is_better(args.sort, frame)
     table = table.sort_values([*setting, args.sort], ascending=[True, True, True, ascending], kind="stable")
     table.insert(0, "rank", table.groupby(setting, dropna=False).cumcount() + 1)
-    with pd.option_context("display.width", 200, "display.max_rows", None, "display.max_columns", None):
+    table["flags"] = table["flags"].fillna("")
+    with pd.option_context("display.width", 250, "display.max_rows", None, "display.max_columns", None):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if not args.per_seed:
+        print("robust_ci: 95% Student-t interval of the mean over seeds (Wilson interval for one seed)")
+    if outcomes is not None and (shown["attack"] == "worst-case").any():
+        print("worst-case: a sample counts as robust only if every attack of the leaderboard failed on it")
+    raised = sorted({name for text in table["flags"] for name in text.split("; ") if name})
+    for name in raised:
+        print(f"flag {name}: {FLAGS[name]}")
     hidden = len(frame) - len(_filtered(frame, argparse.Namespace(**{**vars(args), "status": "all"})))
     if args.status != "all":
         others = frame[frame["status"] != args.status]["status"].value_counts()
@@ -169,6 +195,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     elif hidden:
         print(f"{hidden} rows filtered out")
     return 0
+
+
+def _mean_over_seeds(group: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
+    """One entry averaged over its seeds, with an interval that covers the seed-to-seed spread."""
+    from harness.statistics import mean_interval
+
+    mean, low, high = mean_interval(group["robust_accuracy"].dropna().tolist())
+    if len(group) == 1:
+        low, high = group["robust_accuracy_ci_low"].iloc[0], group["robust_accuracy_ci_high"].iloc[0]
+    first = group.iloc[0]
+    return {
+        **{column: first[column] for column in ENTRY_COLUMNS},
+        "seeds": group["seed"].nunique(),
+        "clean_accuracy": group["clean_accuracy"].mean(),
+        "robust_accuracy": mean,
+        "robust_ci_low": low,
+        "robust_ci_high": high,
+        "attack_success_rate": group["attack_success_rate"].mean(),
+        **{m: group[m].mean() for m in metrics},
+        "flags": "; ".join(sorted({n for text in group["flags"].fillna("") for n in text.split("; ") if n})),
+    }
 
 
 LOWER_IS_BETTER = {"attack_success_rate", "train_seconds", "attack_seconds"}
@@ -204,58 +251,97 @@ def _schema_version(path: Path) -> Any:
 def cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from harness.leaderboard import KEY, read_leaderboard
+    from harness import compare
 
-    version_a, version_b = _schema_version(args.a), _schema_version(args.b)
-    if version_a is not None and version_b is not None and version_a != version_b:
-        raise HarnessError(f"schema versions differ: {args.a} has {version_a}, {args.b} has {version_b}")
-    a = read_leaderboard(args.a)
-    b = read_leaderboard(args.b)
-    settings = ["n_samples", *(f"{kind}_params" for kind in ("dataset", "model", "defense", "attack"))]
-    columns = [*KEY, "clean_accuracy", "robust_accuracy", *settings]
-    merged = pd.merge(
-        a[a["status"] == "ok"][columns], b[b["status"] == "ok"][columns], on=KEY, how="outer",
-        suffixes=("_a", "_b"), indicator=True,
-    )  # fmt: skip
-    both = merged[merged["_merge"] == "both"].drop(columns="_merge")
-    for metric in ("clean_accuracy", "robust_accuracy"):
-        both[f"{metric}_diff"] = both[f"{metric}_b"] - both[f"{metric}_a"]
-    both["note"] = [_differences(row, settings) for row in both.to_dict("records")]
-    shown = [*KEY, "clean_accuracy_a", "clean_accuracy_b", "clean_accuracy_diff",
-             "robust_accuracy_a", "robust_accuracy_b", "robust_accuracy_diff"]  # fmt: skip
-    beyond = pd.Series(False, index=both.index)
-    if args.tolerance is not None:
-        largest = both[["clean_accuracy_diff", "robust_accuracy_diff"]].abs().max(axis=1)
+    if args.b is not None and args.by:
+        raise UsageError("--by compares the entries of one leaderboard: give one CSV, or two without --by")
+    if args.b is None and not (args.by and args.baseline):
+        raise UsageError("give two leaderboards (A.csv B.csv), or one with --by COLUMN --baseline VALUE")
+    frame_a, outcomes_a = read_with_outcomes(args.a)
+    a = compare.side(frame_a, outcomes_a)
+    if args.b is None:
+        values = sorted(map(str, a.rows[args.by].unique()))
+        if args.baseline not in values:
+            raise UsageError(f"no ok rows with {args.by} = '{args.baseline}'{did_you_mean(args.baseline, values)} (found: {', '.join(values)})")
+        table = compare.compare_within(a, args.by, args.baseline, args.alpha)
+        title = f"{args.a}: each {args.by} against {args.by} = {args.baseline}"
+    else:
+        version_a, version_b = _schema_version(args.a), _schema_version(args.b)
+        if version_a is not None and version_b is not None and version_a != version_b:
+            raise HarnessError(f"schema versions differ: {args.a} has {version_a}, {args.b} has {version_b}")
+        frame_b, outcomes_b = read_with_outcomes(args.b)
+        table = compare.compare_two(a, compare.side(frame_b, outcomes_b), args.alpha)
+        title = f"B = {args.b} against A = {args.a}"
+    beyond = pd.Series(False, index=table.index)
+    if args.tolerance is not None and len(table):
+        largest = table[["clean_diff", "robust_diff"]].abs().max(axis=1)
         beyond = largest > args.tolerance + 1e-12
-        both["within_tolerance"] = ~beyond
-        shown.append("within_tolerance")
-    print(f"A = {args.a}\nB = {args.b}  (diff = B - A)")
-    with pd.option_context("display.width", 250, "display.max_rows", None, "display.max_columns", None):
-        table = both[[*shown, "note"]] if both["note"].astype(bool).any() else both[shown]
-        print(table.to_string(index=False, float_format=lambda v: f"{v:+.4f}" if v < 0 else f"{v:.4f}") if len(both) else "no common entries")
-        for side, label in (("left_only", "A"), ("right_only", "B")):
-            only = merged[merged["_merge"] == side][KEY]
-            if len(only):
-                print(f"\nonly in {label} ({len(only)}):")
-                print(only.to_string(index=False))
-    if args.tolerance is not None:
-        largest = both[["clean_accuracy_diff", "robust_accuracy_diff"]].abs().max().max() if len(both) else 0.0
-        print(
-            f"\n{int((~beyond).sum())} of {len(both)} common entries within {args.tolerance:g} "
-            f"(largest difference {largest:.4f})"
-        )
-        return 1 if beyond.any() else 0
-    return 0
+        table["within_tolerance"] = ~beyond
+    if args.json:
+        print(table.to_json(orient="records", indent=2, double_precision=15))
+    elif args.csv:
+        print(table.to_csv(index=False), end="")
+    else:
+        _print_comparison(table, title, args)
+        if args.b is not None:
+            _print_one_sided(frame_a, read_with_outcomes(args.b)[0])
+    return 1 if beyond.any() else 0
 
 
-def _differences(row: dict[str, Any], settings: list[str]) -> str:
-    """Why two aligned rows may not be comparable: their sample counts or parameters differ."""
-    notes = []
-    for column in settings:
-        left, right = row[f"{column}_a"], row[f"{column}_b"]
-        if left != right:
-            notes.append(f"{column} differ ({left} vs {right})" if column == "n_samples" else f"{column} differ")
-    return "; ".join(notes)
+def _print_comparison(table: pd.DataFrame, title: str, args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    print(title)
+    if table.empty:
+        print("no common entries")
+        return
+
+    def interval(measure: str) -> pd.Series:
+        return [
+            f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            for d, lo, hi in zip(table[f"{measure}_diff"], table[f"{measure}_diff_low"], table[f"{measure}_diff_high"])
+        ]
+
+    columns = [c for c in ("dataset", "model", "defense", "attack", "norm", "eps") if c != args.by]
+    people = table[columns].copy()
+    people.insert(len(columns), "candidate", table["candidate"])
+    people["seeds"] = table["seeds"]
+    people["clean diff [95% CI]"] = interval("clean")
+    people["clean verdict"] = table["clean_verdict"]
+    people["robust base"] = table["robust_baseline"].map("{:.3f}".format)
+    people["robust cand"] = table["robust_candidate"].map("{:.3f}".format)
+    people["robust diff [95% CI]"] = interval("robust")
+    people["test"] = table["robust_test"]
+    people["p (Holm)"] = table["robust_p_holm"].map(lambda v: "-" if v != v else f"{v:.3g}")
+    people["verdict"] = table["robust_verdict"]
+    if "within_tolerance" in table:
+        people["within tolerance"] = table["within_tolerance"]
+    if table["note"].astype(bool).any():
+        people["note"] = table["note"]
+    with pd.option_context("display.width", 300, "display.max_rows", None, "display.max_columns", None, "display.max_colwidth", 80):
+        print(people.to_string(index=False))
+    tested = int(table["robust_p"].notna().sum())
+    print(
+        f"\nverdict: candidate against baseline at alpha {args.alpha:g}, Holm-corrected over the {tested} tested comparisons "
+        "of each column; test: Wilcoxon signed-rank over seeds when it can reach alpha (6+ seeds), else exact McNemar "
+        "on the per-sample outcomes pooled over seeds; interval: Student-t over per-seed differences (Newcombe for one seed)"
+    )
+    if "within_tolerance" in table:
+        largest = table[["clean_diff", "robust_diff"]].abs().max().max()
+        print(f"{int(table['within_tolerance'].sum())} of {len(table)} common entries within {args.tolerance:g} (largest difference {largest:.4f})")
+
+
+def _print_one_sided(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    import pandas as pd
+
+    from harness.leaderboard import KEY
+
+    merged = pd.merge(a[a["status"] == "ok"][KEY], b[b["status"] == "ok"][KEY], on=KEY, how="outer", indicator=True)
+    for side_name, label in (("left_only", "A"), ("right_only", "B")):
+        only = merged[merged["_merge"] == side_name][KEY]
+        if len(only):
+            print(f"\nonly in {label} ({len(only)}):")
+            print(only.to_string(index=False))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -320,13 +406,21 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--per-seed", action="store_true", help="one row per seed instead of the mean over seeds")
     show.set_defaults(handler=cmd_show)
 
-    compare = commands.add_parser("compare", help="align two leaderboards entry by entry")
-    compare.add_argument("a", type=Path)
-    compare.add_argument("b", type=Path)
+    compare = commands.add_parser(
+        "compare", help="paired statistics: B against A entry by entry, or one leaderboard's entries against a baseline"
+    )
+    compare.add_argument("a", type=Path, help="a leaderboard (the baseline when B is given)")
+    compare.add_argument("b", type=Path, nargs="?", help="a second leaderboard, compared against A")
+    compare.add_argument("--by", choices=["model", "defense", "attack", "dataset"], help="compare the values of this column within A")
+    compare.add_argument("--baseline", help="the value of --by the others are compared against")
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts (default 0.05)")
     compare.add_argument(
         "--tolerance", type=float, metavar="T",
         help="flag entries whose accuracies differ by more than T, and exit 1 if any does",
     )  # fmt: skip
+    output = compare.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the full table as JSON records")
+    output.add_argument("--csv", action="store_true", help="print the full table as CSV")
     compare.set_defaults(handler=cmd_compare)
 
     validate = commands.add_parser("validate", help="check a suite (.toml) or a leaderboard (.csv)")

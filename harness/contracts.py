@@ -95,9 +95,10 @@ class Batch:
 class TrainingState:
     """The shared loop's state, passed to the model's loss and to every hook.
 
-    ``x_train`` and ``y_train`` are the loop's own copies of the training split (on the CPU): a hook
-    may replace them when training starts (keep some labels) or update them between epochs (move
-    the inputs), without touching the dataset.
+    ``x_train`` and ``y_train`` are the training split the loop draws its batches from (on the
+    CPU). They start as the dataset's own tensors: a hook replaces them (keep some labels, or
+    ``state.x_train = state.x_train.clone()`` before moving the inputs in place between epochs),
+    never modifies them in place, so the dataset stays as it was for the other cells.
     """
 
     model: Model

@@ -83,11 +83,13 @@ def test_show_ranks_within_each_threat_setting(cli, leaderboard):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["rank", "dataset", "model"]
-    rows = [line.split() for line in lines[1:]]
-    assert len(rows) == 4 and all(r[7] == "2" for r in rows)  # two seeds averaged
-    assert [r[0] for r in rows] == ["1", "2", "1", "2"]
+    rows = [line.split() for line in lines[1:] if line.split()[0].isdigit()]
+    assert len(rows) == 6 and all(r[7] == "2" for r in rows)  # two seeds averaged
+    assert [r[0] for r in rows] == ["1", "2", "3", "1", "2", "3"]
+    assert [r[4] for r in rows if r[0] == "3"] == ["worst-case", "worst-case"]  # never above an attack
+    assert "robust_ci: 95% Student-t interval of the mean over seeds" in out
     code, out, _ = cli("show", leaderboard, "--attack", "pgd", "--per-seed", "--eps", "0.3")
-    assert code == 0 and len(out.splitlines()) == 3 and "fgsm" not in out
+    assert code == 0 and len([ln for ln in out.splitlines() if ln.split()[0].isdigit()]) == 2 and "fgsm" not in out
     code, _, err = cli("show", leaderboard, "--sort", "nope")
     assert code == 2 and "cannot sort by 'nope'" in err
 
@@ -104,8 +106,13 @@ def test_compare_aligns_entries_and_lists_one_sided_ones(cli, leaderboard, tmp_p
     write_leaderboard(changed.to_dict("records"), other)
     code, out, _ = cli("compare", leaderboard, other)
     assert code == 0
-    assert "robust_accuracy_diff" in out and "-0.1250" in out
+    assert "robust diff [95% CI]" in out
     assert "only in A (1):" in out and "only in B" not in out
+    code, out, _ = cli("compare", leaderboard, other, "--json")
+    changed_entry = frame.loc[best, ["model", "attack", "eps"]].tolist()
+    [record] = [r for r in json.loads(out) if [r["model"], r["attack"], r["eps"]] == changed_entry]
+    paired = record["seeds"]
+    assert record["robust_diff"] == pytest.approx(-0.125 / paired)  # one seed of the entry lost 0.125
 
 
 def test_compare_reports_mismatched_schema_versions(cli, leaderboard, tmp_path):
@@ -135,10 +142,11 @@ def test_compare_notes_rows_whose_settings_differ_and_takes_a_tolerance(cli, lea
     code, out, _ = cli("compare", leaderboard, other)
     assert code == 0
     assert "n_samples differ (60 vs 40)" in out and "attack_params differ" in out
+    entries = frame.groupby(["model", "attack", "eps"]).ngroups  # two seeds each: a 0.02 change moves the mean by 0.01
     code, out, _ = cli("compare", leaderboard, other, "--tolerance", "0.03")
-    assert code == 0 and f"{len(frame)} of {len(frame)} common entries within 0.03" in out
-    code, out, _ = cli("compare", leaderboard, other, "--tolerance", "0.01")
-    assert code == 1 and f"{len(frame) - 1} of {len(frame)} common entries within 0.01 (largest difference 0.0200)" in out
+    assert code == 0 and f"{entries} of {entries} common entries within 0.03" in out
+    code, out, _ = cli("compare", leaderboard, other, "--tolerance", "0.005")
+    assert code == 1 and f"{entries - 1} of {entries} common entries within 0.005 (largest difference 0.0100)" in out
 
 
 def test_median_perturbation_is_the_usual_median():
