@@ -52,7 +52,7 @@ class Wilcoxon:
         """True when no outcome of the exact test could be significant at ``alpha``.
 
         With 5 seeds the smallest two-sided p-value is 2 / 32 = 0.0625: a comparison of five runs
-        (as in the SGM paper) can never reach 0.05, so "not significant" says nothing there.
+        (a common protocol in papers) can never reach 0.05, so "not significant" says nothing there.
         """
         return self.min_p_value > alpha
 
