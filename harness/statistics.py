@@ -1,0 +1,238 @@
+"""Paired statistics for comparing two leaderboard entries.
+
+A reviewer asks whether a candidate is more robust than a baseline on the same samples and seeds.
+Both are evaluated on the same test points, so the tests and intervals here use the pairing: the
+exact McNemar test and Newcombe's paired interval on per-sample outcomes, the Wilcoxon
+signed-rank test and a Student-t interval on per-seed accuracies, and Holm's correction when one
+comparison is repeated over many attacks or budgets. Only numpy and scipy are imported (scipy
+inside the functions), so that ``harness compare`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+EXACT_WILCOXON_MAX_N = 50
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """The discordant pairs of two paired binary outcomes and the exact McNemar p-value.
+
+    ``b``: baseline right, candidate wrong; ``c``: baseline wrong, candidate right; ``n``: pairs.
+    """
+
+    b: int
+    c: int
+    n: int
+    p_value: float
+
+
+@dataclass(frozen=True)
+class Wilcoxon:
+    """A Wilcoxon signed-rank test of per-seed differences (candidate - baseline).
+
+    ``n`` counts the non-zero differences (the pairs the test uses); ``method`` is ``"exact"``,
+    ``"auto"`` (scipy's default choice, when there are ties or zeros or more than 50 pairs) or
+    ``"none"`` (no non-zero difference: nothing to test, p = 1). ``min_p_value`` is the smallest
+    two-sided p-value an exact (sign-flip) test can reach with ``n`` pairs, 2 / 2**n.
+    """
+
+    n: int
+    statistic: float
+    p_value: float
+    method: str
+    min_p_value: float
+
+    def underpowered(self, alpha: float = 0.05) -> bool:
+        """True when no outcome of the exact test could be significant at ``alpha``.
+
+        With 5 seeds the smallest two-sided p-value is 2 / 32 = 0.0625: a comparison of five runs
+        (a common protocol in papers) can never reach 0.05, so "not significant" says nothing there.
+        """
+        return self.min_p_value > alpha
+
+
+def _binary(values: Sequence[bool | float], name: str) -> np.ndarray:
+    """``values`` as a float array, if every value is 0 or 1."""
+    array = np.asarray(values, dtype=float).ravel()
+    if not np.isin(array, (0.0, 1.0)).all():
+        raise ValueError(f"{name} must hold only 0/1 (or False/True) outcomes")
+    return array
+
+
+def _paired(
+    baseline: Sequence[bool | float], candidate: Sequence[bool | float], binary: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two samples as arrays of equal length (0/1 outcomes when ``binary``, else finite)."""
+    if len(baseline) != len(candidate):
+        raise ValueError(f"paired samples differ in length: {len(baseline)} baseline, {len(candidate)} candidate")
+    if binary:
+        return _binary(baseline, "baseline"), _binary(candidate, "candidate")
+    base, cand = np.asarray(baseline, dtype=float).ravel(), np.asarray(candidate, dtype=float).ravel()
+    if not (np.isfinite(base).all() and np.isfinite(cand).all()):
+        raise ValueError("paired samples must be finite numbers (pair the seeds before testing)")
+    return base, cand
+
+
+def _z(confidence: float) -> float:
+    """The two-sided standard normal quantile for ``confidence``."""
+    from scipy.stats import norm
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, not {confidence}")
+    return float(norm.ppf(0.5 + confidence / 2))
+
+
+def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval of ``successes / n`` (Wilson 1927), the building block of Newcombe's."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def mcnemar_exact(baseline: Sequence[bool | float], candidate: Sequence[bool | float]) -> McNemar:
+    """Exact McNemar test on per-sample outcomes (1 = correct or robust) of two entries.
+
+    Only the discordant samples carry information about which entry is better; under no
+    difference each is equally likely to favour either, so the two-sided p-value is the exact
+    binomial test of ``c`` out of ``b + c`` at 1/2 (p = 1 when there is no discordant sample).
+    """
+    from scipy.stats import binomtest
+
+    base, cand = _paired(baseline, candidate, binary=True)
+    b = int(np.sum((base == 1) & (cand == 0)))
+    c = int(np.sum((base == 0) & (cand == 1)))
+    p_value = 1.0 if b + c == 0 else float(binomtest(c, b + c, 0.5).pvalue)
+    return McNemar(b=b, c=c, n=len(base), p_value=p_value)
+
+
+def wilcoxon_paired(baseline: Sequence[float], candidate: Sequence[float]) -> Wilcoxon:
+    """Two-sided Wilcoxon signed-rank test of per-seed accuracies (candidate - baseline).
+
+    Seeds pair the runs (same data order, same initialisation), and the test assumes no normality.
+    The exact null distribution is used when it is exact: no zero and no tied differences, and at
+    most 50 pairs; otherwise scipy's default method. Differences are rounded to 12 decimals first,
+    so that float noise (0.3 - 0.1 != 0.5 - 0.3) neither hides a tie nor a zero. Read
+    :meth:`Wilcoxon.underpowered` before reading a large p-value as "no difference".
+    """
+    from scipy.stats import wilcoxon
+
+    base, cand = _paired(baseline, candidate, binary=False)
+    differences = np.round(cand - base, 12)
+    nonzero = differences[differences != 0]
+    n = len(nonzero)
+    min_p_value = min(1.0, 2.0 / 2.0**n)
+    if n == 0:
+        return Wilcoxon(n=0, statistic=0.0, p_value=1.0, method="none", min_p_value=min_p_value)
+    untied = len(np.unique(np.abs(nonzero))) == n
+    method = "exact" if untied and n == len(differences) and n <= EXACT_WILCOXON_MAX_N else "auto"
+    result = wilcoxon(differences, alternative="two-sided", method=method)
+    return Wilcoxon(
+        n=n, statistic=float(result.statistic), p_value=float(result.pvalue), method=method, min_p_value=min_p_value
+    )
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), NaN where the p-value is NaN.
+
+    Comparing two entries at many attacks or budgets inflates the chance of one spurious
+    "significant" result; Holm controls the family-wise error rate like Bonferroni but is uniformly
+    more powerful. The k-th smallest of m p-values is multiplied by m - k + 1, made monotone, and
+    capped at 1. NaN p-values (comparisons that could not be made) are left out of m.
+    """
+    p = np.asarray(p_values, dtype=float).ravel()
+    valid = np.flatnonzero(~np.isnan(p))
+    if ((p[valid] < 0) | (p[valid] > 1)).any():
+        raise ValueError("p-values must lie in [0, 1] (or be NaN)")
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = len(order)
+    adjusted = np.full(p.shape, np.nan)
+    adjusted[order] = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order]), 1.0)
+    return adjusted.tolist()
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Which hypotheses Holm's procedure rejects at family-wise level ``alpha`` (never a NaN one)."""
+    return [bool(q <= alpha) for q in holm_adjusted(p_values)]
+
+
+def paired_difference_interval(
+    baseline: Sequence[bool | float], candidate: Sequence[bool | float], confidence: float = 0.95
+) -> tuple[float, float]:
+    """Interval for the difference of two paired proportions (candidate - baseline).
+
+    Newcombe's method 10 (Newcombe 1998, Stat Med 17:2635): Wilson intervals of the two marginal
+    proportions combined by "square and add", with the correlation of the pairs (phi, corrected
+    towards 0 by N/2 when positive, as Newcombe recommends) subtracted; two entries scored on the
+    same samples are strongly correlated, which a two-sample interval would ignore. It stays within
+    [-1, 1] and behaves at 0 and 1, unlike the Wald interval. (NaN, NaN) for no samples.
+    """
+    base, cand = _paired(baseline, candidate, binary=True)
+    n = len(base)
+    z = _z(confidence)
+    if n == 0:
+        return float("nan"), float("nan")
+    both = int(np.sum((cand == 1) & (base == 1)))
+    only_cand = int(np.sum((cand == 1) & (base == 0)))
+    only_base = int(np.sum((cand == 0) & (base == 1)))
+    neither = n - both - only_cand - only_base
+    p1, p2 = (both + only_cand) / n, (both + only_base) / n
+    l1, u1 = _wilson(both + only_cand, n, z)
+    l2, u2 = _wilson(both + only_base, n, z)
+    margins = (both + only_cand) * (only_base + neither) * (both + only_base) * (only_cand + neither)
+    association = both * neither - only_cand * only_base
+    if association > 0:
+        association = max(association - n / 2, 0.0)
+    phi = association / math.sqrt(margins) if margins else 0.0
+    below = math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    above = math.sqrt((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2)
+    return p1 - p2 - below, p1 - p2 + above
+
+
+def unpaired_difference_interval(
+    successes_a: int, n_a: int, successes_b: int, n_b: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Interval for ``successes_a / n_a - successes_b / n_b`` from two independent samples.
+
+    Newcombe's method 10 (hybrid score, Newcombe 1998, Stat Med 17:873): the Wilson intervals of
+    the two proportions combined by "square and add". For when per-sample outcomes are missing; it
+    ignores the pairing, so it is wider than :func:`paired_difference_interval` on paired data.
+    (NaN, NaN) when a sample is empty.
+    """
+    for successes, n, name in ((successes_a, n_a, "a"), (successes_b, n_b, "b")):
+        if not 0 <= successes <= n:
+            raise ValueError(f"sample {name}: need 0 <= successes <= n, got {successes} of {n}")
+    z = _z(confidence)
+    if n_a == 0 or n_b == 0:
+        return float("nan"), float("nan")
+    p1, p2 = successes_a / n_a, successes_b / n_b
+    l1, u1 = _wilson(successes_a, n_a, z)
+    l2, u2 = _wilson(successes_b, n_b, z)
+    return p1 - p2 - math.hypot(p1 - l1, u2 - p2), p1 - p2 + math.hypot(u1 - p1, p2 - l2)
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t interval of per-seed values: (mean, low, high).
+
+    Few seeds make the normal quantile too optimistic; the t quantile with n - 1 degrees of
+    freedom accounts for estimating the spread. (mean, NaN, NaN) for a single value: one seed
+    says nothing about the spread.
+    """
+    from scipy.stats import t
+
+    array = np.asarray(values, dtype=float).ravel()
+    if len(array) == 0 or not np.isfinite(array).all():
+        raise ValueError("mean_interval needs at least one value, all finite")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, not {confidence}")
+    mean = float(array.mean())
+    if len(array) == 1:
+        return mean, float("nan"), float("nan")
+    half = float(t.ppf(0.5 + confidence / 2, len(array) - 1)) * float(array.std(ddof=1)) / math.sqrt(len(array))
+    return mean, mean - half, mean + half
