@@ -69,13 +69,17 @@ def compare_within(one: Side, by: str, baseline_value: str, alpha: float) -> pd.
         baseline = base[(base[others] == list(key[:-1])).all(axis=1)]
         if len(baseline):
             pairs.append(({**dict(zip([*others, by], key)), "baseline": baseline_value, "candidate": key[-1]}, baseline, candidate))
-    return _table(pairs, one, one, alpha)
+    return _table(pairs, one, one, alpha, compared=f"{by}_params")
 
 
-def _table(pairs: list[tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]], a: Side, b: Side, alpha: float) -> pd.DataFrame:
+def _table(
+    pairs: list[tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]], a: Side, b: Side, alpha: float, compared: str = ""
+) -> pd.DataFrame:
+    """One record per pair; ``compared`` is the parameter column that differs by design (not noted)."""
     import pandas as pd
 
-    records = [_compare_pair(label, baseline, candidate, a, b, alpha) for label, baseline, candidate in pairs]
+    settings = [column for column in SETTINGS if column != compared]
+    records = [_compare_pair(label, baseline, candidate, a, b, alpha, settings) for label, baseline, candidate in pairs]
     table = pd.DataFrame(records)
     if table.empty:
         return table
@@ -91,7 +95,13 @@ def _table(pairs: list[tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]], a: Si
 
 
 def _compare_pair(
-    label: dict[str, Any], baseline: pd.DataFrame, candidate: pd.DataFrame, a: Side, b: Side, alpha: float
+    label: dict[str, Any],
+    baseline: pd.DataFrame,
+    candidate: pd.DataFrame,
+    a: Side,
+    b: Side,
+    alpha: float,
+    settings: list[str],
 ) -> dict[str, Any]:
     seeds = sorted(set(baseline["seed"]) & set(candidate["seed"]))
     base = baseline.set_index("seed").loc[seeds]
@@ -99,7 +109,7 @@ def _compare_pair(
     record: dict[str, Any] = {**label, "seeds": len(seeds)}
     notes = [
         f"n_samples differ ({base['n_samples'].iloc[0]} vs {cand['n_samples'].iloc[0]})" if column == "n_samples" else f"{column} differ"
-        for column in SETTINGS
+        for column in settings
         if (base[column] != cand[column]).any()
     ]
     paired_robust = _paired_outcomes(base["cell_id"], cand["cell_id"], a, b, "robust")
@@ -113,8 +123,8 @@ def _compare_pair(
                 low, high = statistics.paired_difference_interval(*paired)
             else:
                 n_a, n_b = int(base["n_samples"].iloc[0]), int(cand["n_samples"].iloc[0])
-                low, high = statistics.unpaired_difference_interval(
-                    round(base_values[0] * n_a), n_a, round(cand_values[0] * n_b), n_b
+                low, high = statistics.unpaired_difference_interval(  # candidate - baseline
+                    round(cand_values[0] * n_b), n_b, round(base_values[0] * n_a), n_a
                 )
         mcnemar = _mcnemar(paired)
         wilcoxon = statistics.wilcoxon_paired(base_values, cand_values)

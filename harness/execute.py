@@ -40,7 +40,7 @@ from harness.contracts import (
 )
 from harness.errors import UsageError, one_line
 from harness.registry import Registry
-from harness.review import wilson_interval
+from harness.statistics import wilson_interval
 from harness.suite import DEFAULT_DEFENSES, Cell, Entry, config_hash
 from harness.training import fit, predict_batched, preserved_rng, seed_everything, warm_up
 

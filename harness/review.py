@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING
 
 from harness.leaderboard import TOLERANCE, over_budget
+from harness.statistics import wilson_interval
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -108,12 +109,3 @@ def worst_case(frame: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
         )
     return pd.DataFrame(rows)
 
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion."""
-    from scipy.stats import binomtest
-
-    if n == 0:
-        return float("nan"), float("nan")
-    interval = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(interval.low), float(interval.high)

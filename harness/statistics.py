@@ -96,6 +96,14 @@ def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (NaN for no trials): the leaderboard's
+    per-row interval of robust accuracy."""
+    if n == 0:
+        return math.nan, math.nan
+    return _wilson(successes, n, _z(confidence))
+
+
 def mcnemar_exact(baseline: Sequence[bool | float], candidate: Sequence[bool | float]) -> McNemar:
     """Exact McNemar test on per-sample outcomes (1 = correct or robust) of two entries.
 
