@@ -74,14 +74,22 @@ def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 def write_leaderboard(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
     """Write rows atomically: readers see the old file or the new one, never half of one."""
-    frame = to_frame(rows)
+    write_atomically(path, to_frame(rows).to_csv(index=False).encode())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` in one step, through a synced temporary file in its folder,
+    with the permissions a plain ``open`` would give (``mkstemp`` makes files private)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", newline="") as out:
-            frame.to_csv(out, index=False)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -22,13 +22,12 @@ Columns:
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import UsageError, ValidationError
+from harness.leaderboard import write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,18 +49,7 @@ def write_outcomes(frames: Iterable[pd.DataFrame], path: Path) -> None:
 
     frames = list(frames)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = gzip.compress(frame[COLUMNS].to_csv(index=False).encode(), mtime=0)  # no name, no time: same bytes
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, gzip.compress(frame[COLUMNS].to_csv(index=False).encode(), mtime=0))  # no name, no time
 
 
 def read_outcomes(path: Path) -> pd.DataFrame:

@@ -96,3 +96,14 @@ def test_cli_validate_leaderboard(cli, tmp_path):
     path.write_text("schema_version\n1\n")
     code, _, err = cli("validate", path)
     assert code == 2 and err.startswith("harness: error:") and err.count("\n") == 1
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        write_leaderboard([make_row()], tmp_path / "lb.csv")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "lb.csv").stat().st_mode & 0o777 == 0o644
