@@ -191,12 +191,12 @@ def accuracy_figure(rows: pd.DataFrame, worst: pd.DataFrame | None, title: str) 
             notes.append("hollow marker: clean accuracy")
         unbounded = panel[~np.isfinite(panel["eps"])]
         if len(unbounded):
-            notes.append(f"eps = inf not shown ({unbounded.groupby(LINE).ngroups} entries)")
+            count = unbounded.groupby(LINE).ngroups
+            notes.append(f"eps = inf not shown ({count} {'entry' if count == 1 else 'entries'})")
         ax.set_title(f"{dataset}, {_norm_name(norm)} attacks\n" + _join(notes), fontsize=10)
         ax.set_xlabel(f"eps ({_norm_name(norm)})")
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
     figure.suptitle(f"Robust accuracy under attack: {title}")
     groups = {entry[:2] for entry in styles}
