@@ -333,9 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     compare.set_defaults(handler=cmd_compare)
 
-    plot = commands.add_parser("plot", help="PNG figures of a leaderboard: robust accuracy against eps, perturbation sizes")
+    plot = commands.add_parser("plot", help="PNG figures: robust accuracy against eps, perturbation sizes")
     plot.add_argument("csv", type=Path)
-    plot.add_argument("--output", "-o", type=Path, metavar="DIR", help="folder for the figures (default: <csv stem>-plots beside the CSV)")
+    plot.add_argument(
+        "--output", "-o", type=Path, metavar="DIR", help="folder for the figures (default: <csv stem>-plots beside the CSV)"
+    )
     plot.set_defaults(handler=cmd_plot)
 
     validate = commands.add_parser("validate", help="check a suite (.toml) or a leaderboard (.csv)")

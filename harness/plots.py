@@ -266,7 +266,8 @@ def _accuracy_styles(entries: Sequence[tuple], worst: Sequence[tuple]) -> dict[t
                 }
         for entry in worst:
             if entry[:2] == group:
-                styles[entry] = {"label": " · ".join([*group, "worst case"]), "color": tuple(base * 0.55), "worst": True}
+                label = " · ".join([*group, "worst case"])
+                styles[entry] = {"label": label, "color": tuple(base * 0.55), "worst": True}
     return styles
 
 
@@ -334,7 +335,8 @@ def _legend(figure: Figure, axes: Sequence[Axes], order: Sequence[str] = (), col
     labels = sorted(labelled, key=lambda label: list(order).index(label) if label in order else len(order))
     if columns is None:
         columns = 2 if max(map(len, labels)) > 30 else 3
-    figure.legend([labelled[label] for label in labels], labels, loc="outside lower center", ncols=columns, frameon=False)
+    handles = [labelled[label] for label in labels]
+    figure.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False)
 
 
 def _colors(n: int) -> list[tuple]:

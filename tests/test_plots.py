@@ -102,8 +102,10 @@ def test_output_folder_and_one_accuracy_figure_per_dataset(cli, leaderboard, tmp
     outcomes_path(leaderboard).unlink()
     code, out, err = cli("plot", leaderboard, "--output", tmp_path / "figures" / "here")
     assert code == 0
-    assert out.splitlines() == [str(tmp_path / "figures" / "here" / f"robust-accuracy-{d}.png") for d in ("digits", "other")]
-    assert err == f"harness: skipped perturbation-cdf.png: no outcomes file (board.outcomes.csv.gz) beside {leaderboard}\n"
+    folder = tmp_path / "figures" / "here"
+    assert out.splitlines() == [str(folder / f"robust-accuracy-{d}.png") for d in ("digits", "other")]
+    skipped = f"perturbation-cdf.png: no outcomes file (board.outcomes.csv.gz) beside {leaderboard}"
+    assert err == f"harness: skipped {skipped}\n"
 
 
 def test_without_a_minimal_norm_attack_the_cdf_is_skipped(cli, leaderboard):
