@@ -159,6 +159,9 @@ def test_the_cdf_is_the_success_rate_within_each_size(leaderboard):
     seed1 = [0, 0, 1 / 5, 2 / 5, 3 / 5, 3 / 5]
     assert cdf["size"].tolist() == pytest.approx([0, 0.05, 0.1, 0.15, 0.25, 0.3])
     assert cdf["success"].tolist() == pytest.approx(np.mean([seed0, seed1], axis=0))
+    # at a measured eps, the curve is that eps's attack success rate, averaged over seeds
+    rows = frame[(frame["attack"] == "linesearch") & (frame["eps"] == 0.1)]
+    assert cdf[cdf["size"] <= 0.1]["success"].iloc[-1] == pytest.approx(rows["attack_success_rate"].mean())
 
 
 @pytest.mark.parametrize(
