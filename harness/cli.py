@@ -1,7 +1,7 @@
 """The ``harness`` command line.
 
-``plugins``, ``show``, ``compare``, ``validate`` and ``--help`` never import torch or ART, so they
-start fast.
+``plugins``, ``show``, ``compare``, ``plot``, ``validate`` and ``--help`` never import torch or ART,
+so they start fast.
 """
 
 from __future__ import annotations
@@ -368,6 +368,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from harness.plots import plot_leaderboard
+
+    plots = plot_leaderboard(args.csv, args.output or args.csv.parent / f"{args.csv.stem}-plots")
+    for note in plots.skipped:
+        print(f"harness: skipped {note}", file=sys.stderr)
+    for path in plots.written:
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness", description="Benchmark the adversarial robustness of PyTorch models through plugins."
@@ -422,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print the full table as JSON records")
     output.add_argument("--csv", action="store_true", help="print the full table as CSV")
     compare.set_defaults(handler=cmd_compare)
+
+    plot = commands.add_parser("plot", help="PNG figures: robust accuracy against eps, perturbation sizes")
+    plot.add_argument("csv", type=Path)
+    plot.add_argument(
+        "--output", "-o", type=Path, metavar="DIR", help="folder for the figures (default: <csv stem>-plots beside the CSV)"
+    )
+    plot.set_defaults(handler=cmd_plot)
 
     validate = commands.add_parser("validate", help="check a suite (.toml) or a leaderboard (.csv)")
     validate.add_argument("file", type=Path)

@@ -39,6 +39,7 @@ from harness.contracts import (
     perturbation_norms,
 )
 from harness.errors import UsageError, one_line
+from harness.leaderboard import BUDGET_TOLERANCE
 from harness.registry import Registry
 from harness.statistics import wilson_interval
 from harness.suite import DEFAULT_DEFENSES, Cell, Entry, config_hash
@@ -328,7 +329,7 @@ def cell_outcome(
     ``eps``), with the clean predictions and ``predict`` giving labels (draws, n)."""
     x_adv, norms = run.x_adv, run.norms
     if minimal:
-        within = norms <= eps + 1e-9
+        within = norms <= eps + BUDGET_TOLERANCE * max(eps, 1.0)  # as the budget check: float32 rounding is within
         x_adv = torch.where(within.view(-1, *[1] * (x.ndim - 1)), x_adv, x)
         norms = torch.where(within, norms, torch.zeros_like(norms))
     adv_pred = predict(x_adv)

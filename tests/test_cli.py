@@ -32,6 +32,7 @@ LIGHT_COMMANDS = [
     ["plugins", "--params"],
     ["show", "{csv}"],
     ["compare", "{csv}", "{csv}"],
+    ["plot", "{csv}"],
     ["validate", "{csv}"],
     ["validate", str(ROOT / "leaderboards" / "digits.toml")],
 ]
