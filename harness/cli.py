@@ -303,6 +303,10 @@ def _print_comparison(table: pd.DataFrame, title: str, args: argparse.Namespace)
         ]
 
     columns = [c for c in ("dataset", "model", "defense", "attack", "norm", "eps") if c != args.by]
+    constant = [c for c in columns if c != "eps" and table[c].nunique() == 1]
+    if constant:
+        print("for " + ", ".join(f"{c} = {table[c].iloc[0]}" for c in constant))
+    columns = [c for c in columns if c not in constant]
     people = table[columns].copy()
     people.insert(len(columns), "candidate", table["candidate"])
     people["seeds"] = table["seeds"]
@@ -316,10 +320,13 @@ def _print_comparison(table: pd.DataFrame, title: str, args: argparse.Namespace)
     people["verdict"] = table["robust_verdict"]
     if "within_tolerance" in table:
         people["within tolerance"] = table["within_tolerance"]
-    if table["note"].astype(bool).any():
+    shared_note = table["note"].iloc[0] if table["note"].nunique() == 1 else ""
+    if table["note"].astype(bool).any() and not shared_note:
         people["note"] = table["note"]
     with pd.option_context("display.width", 300, "display.max_rows", None, "display.max_columns", None, "display.max_colwidth", 80):
         print(people.to_string(index=False))
+    if shared_note:
+        print(f"note (every row): {shared_note}")
     tested = int(table["robust_p"].notna().sum())
     print(
         f"\nverdict: candidate against baseline at alpha {args.alpha:g}, Holm-corrected over the {tested} tested comparisons "

@@ -31,3 +31,21 @@ def test_committed_csv_is_consistent():
     for _, group in frame.groupby(["model", "attack", "seed"]):
         accuracy = group.sort_values("eps")["robust_accuracy"]
         assert accuracy.is_monotonic_decreasing, "robust accuracy must not rise with eps"
+
+
+def test_committed_outcomes_agree_and_compare_answers_per_budget(cli):
+    import io
+
+    import pandas as pd
+
+    from harness.outcomes import check_against, outcomes_path, read_outcomes
+
+    frame = read_leaderboard(CSV)
+    check_against(read_outcomes(outcomes_path(CSV)), frame, "committed outcomes")
+    assert frame["flags"].isna().all(), "the default suite raises no reviewer flag"
+    code, out, _ = cli("compare", CSV, "--by", "model", "--baseline", "mlp", "--csv")
+    assert code == 0
+    table = pd.read_csv(io.StringIO(out))
+    assert len(table) == 10 and set(table["candidate"]) == {"cnn"}  # every (attack, eps)
+    assert set(table["robust_verdict"]) <= {"better", "worse", "no significant difference"}
+    assert (table[table["eps"] <= 0.15]["robust_verdict"] == "better").all()
