@@ -11,8 +11,8 @@ defense, attack, norm, eps: all but the compared column) and paired seed by seed
 - an exact McNemar test on the per-sample outcomes, pooled over the paired seeds, when both sides
   have outcomes for the same samples (it tests these trained models on these samples; it does not
   see seed-to-seed variation);
-- a Wilcoxon signed-rank test of the per-seed accuracies (exact for small n, as the SGM paper
-  uses), which does see it, but needs six seeds before it can reach p < 0.05;
+- a Wilcoxon signed-rank test of the per-seed accuracies (exact for small n), which does see it,
+  but needs six seeds before it can reach p < 0.05;
 - a verdict from the Wilcoxon test when it can reach the level, else from McNemar: ``better``,
   ``worse`` or ``no significant difference`` at ``alpha`` after a Holm correction over the
   comparisons of the table (each of clean and robust accuracy is one family), or ``untested``.

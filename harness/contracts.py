@@ -1,7 +1,7 @@
 """The contracts every dataset, model, defense, attack and metric plugin implements.
 
 Capabilities are an open set of names: a capability is the name of a model method (``logits``,
-``loss``, or a plugin's own, such as ``capsule_presences``). A model lists the ones it has;
+``loss``, or a plugin's own, such as ``encode``). A model lists the ones it has;
 attacks, defenses and metrics list the ones they call, and the runner writes a cell as
 ``skipped`` when one is missing. The contract kit fails an attack that calls a capability it did
 not declare, whatever its name.
