@@ -217,16 +217,17 @@ class Workspace:
         entry = self.cache.load("models", cell.training_key, cell.training_config)
         if entry is None:
             return None
-        missing, unexpected = model.load_state_dict(entry.tensors, strict=False)
-        if unexpected or set(missing) != head:
+        if not _fits(entry.tensors, model, keep=lambda key: key not in head):
+            # checked before loading: a retrained model must start from its seeded initial weights
             self.warn(f"cached model {self.cache.path('models', cell.training_key)} does not fit the model's structure; retraining")
             return None
+        model.load_state_dict(entry.tensors, strict=False)
         return float(entry.meta["train_seconds"])
 
     def _fit_head(self, cell: Cell, model: Model, data: Dataset, ctx: TrainContext, head: set[str]) -> None:
         if head:
             entry = self.cache.load("heads", cell.model_key, cell.model_config)
-            if entry is not None and set(entry.tensors) == head:
+            if entry is not None and _fits(entry.tensors, model, keep=lambda key: key in head):
                 model.load_state_dict(entry.tensors, strict=False)
                 return
         seed_everything(cell.seed)
@@ -542,6 +543,12 @@ def _grouped(items: Iterable[T], key: Callable[[T], Any]) -> list[list[T]]:
     for item in items:
         groups.setdefault(key(item), []).append(item)
     return list(groups.values())
+
+
+def _fits(tensors: Mapping[str, torch.Tensor], model: Model, keep: Callable[[str], bool]) -> bool:
+    """Whether cached ``tensors`` are exactly the model's state entries that ``keep`` selects, shapes included."""
+    expected = {key: value.shape for key, value in model.state_dict().items() if keep(key)}
+    return {key: value.shape for key, value in tensors.items()} == expected
 
 
 def _head_keys(model: Model) -> set[str]:

@@ -470,3 +470,16 @@ def test_capability_guard_works_for_a_plugin_defined_capability():
         check_attack(EnergyStep("linf"), model, data.x_test[:5], data.y_test[:5], eps=0.1)
     EnergyStep.requires = frozenset({"energy"})
     check_attack(EnergyStep("linf"), model, data.x_test[:5], data.y_test[:5], eps=0.1)
+
+
+def test_a_cached_model_that_does_not_fit_is_retrained_from_its_seeded_weights(cli, write_suite, tmp_path):
+    suite = write_suite(suite_text(MLP + FGSM))
+    cache = tmp_path / "cache"
+    assert cli("run", suite, "--cache-dir", cache)[0] == 0
+    [checkpoint] = (cache / "models").glob("*.pt")
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["tensors"] = {key: value + 1 for key, value in list(payload["tensors"].items())[:2]}  # half a model
+    torch.save(payload, checkpoint)
+    code, _, err = cli("run", suite, "--cache-dir", cache, "--force", "--output", tmp_path / "again.csv")
+    assert code == 0 and "does not fit the model's structure; retraining" in err
+    pd.testing.assert_series_equal(rows(tmp_path / "again.csv")["robust_accuracy"], rows(suite.with_suffix(".csv"))["robust_accuracy"])
