@@ -410,13 +410,19 @@ def _compute_sweep(
     held = metrics.has_sweep
     results: list[CellResult] = []
     outcomes: list[CellOutcome] = []
-    shared_run: AttackRun | None = None
+    shared_run: AttackRun | Exception | None = None  # a minimal-norm attack's one run (or its failure) for every eps
     for cell in cells:
         if cell is not announced:
             on_start(cell)
         try:
             if attack.minimal_norm:
-                shared_run = shared_run or workspace.attack_run(trained, attack, cell, entry.label)
+                if shared_run is None:
+                    try:
+                        shared_run = workspace.attack_run(trained, attack, cell, entry.label)
+                    except Exception as exc:
+                        shared_run = exc
+                if isinstance(shared_run, Exception):
+                    raise shared_run
                 run = shared_run
             else:
                 run = workspace.attack_run(trained, attack, cell, entry.label)

@@ -202,6 +202,14 @@ class Exploding(Attack):
         raise RuntimeError("kaboom\nsecond line")
 
 
+class ExplodingMinimal(Exploding):
+    minimal_norm = True
+
+    def generate(self, model, x, y, eps, *, generator):
+        CALLS["minimal explosions"] += 1
+        return super().generate(model, x, y, eps, generator=generator)
+
+
 class OverBudget(Attack):
     """Steps twice as far as its budget: the runner must reject it."""
 
@@ -312,6 +320,7 @@ def register_defenses(register):
 @hookimpl
 def register_attacks(register):
     register("exploding", Exploding, params={"norm": "linf"}, description="raises")
+    register("exploding-minimal", ExplodingMinimal, params={"norm": "l2"}, description="a minimal-norm attack that raises")
     register("over-budget", OverBudget, params={"norm": "linf"}, description="steps to twice its eps")
     register("linesearch", FgsmLineSearch, params={"norm": "linf"}, description="minimal-norm line search")
     register("targeted", TargetedStep, params={"norm": "linf"}, description="one step towards a random target")

@@ -483,3 +483,11 @@ def test_a_cached_model_that_does_not_fit_is_retrained_from_its_seeded_weights(c
     code, _, err = cli("run", suite, "--cache-dir", cache, "--force", "--output", tmp_path / "again.csv")
     assert code == 0 and "does not fit the model's structure; retraining" in err
     pd.testing.assert_series_equal(rows(tmp_path / "again.csv")["robust_accuracy"], rows(suite.with_suffix(".csv"))["robust_accuracy"])
+
+
+def test_a_failing_minimal_norm_attack_runs_once_for_its_whole_sweep(cli, write_suite):
+    suite = write_suite(suite_text(MLP + '[[attacks]]\nname = "exploding-minimal"\neps = [0.5, 1.0, 2.0]\n'))
+    code, out, _ = cli("run", suite)
+    assert code == 1 and "0 ok, 0 skipped, 3 error" in out
+    assert harness_testplugin.CALLS["minimal explosions"] == 1
+    assert rows(suite.with_suffix(".csv"))["message"].eq("RuntimeError: kaboom second line").all()
