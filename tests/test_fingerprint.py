@@ -200,3 +200,11 @@ def test_shipped_factories_cover_their_plugin_modules_only():
         "harness_datasets.loaders",
     ]
     assert list(_collect(importlib.util.find_spec("harness_art"), "harness_art.attacks")) == ["harness_art.attacks"]
+
+
+def test_the_cores_own_components_are_not_fingerprinted_by_the_cores_source():
+    from harness.plugins import load_plugins
+
+    registry = load_plugins()
+    assert registry.get("defense", "none").fingerprint == "harness"  # core changes bump revision numbers instead
+    assert registry.get("attack", "pgd").fingerprint != "harness"
