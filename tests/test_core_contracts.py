@@ -491,3 +491,44 @@ def test_a_failing_minimal_norm_attack_runs_once_for_its_whole_sweep(cli, write_
     assert code == 1 and "0 ok, 0 skipped, 3 error" in out
     assert harness_testplugin.CALLS["minimal explosions"] == 1
     assert rows(suite.with_suffix(".csv"))["message"].eq("RuntimeError: kaboom second line").all()
+
+
+def test_earlier_training_forms_still_work():
+    from harness.contracts import Model, StandardTraining
+    from harness.training import fit_minibatches
+
+    data = tiny_digits()
+
+    class EarlierModel(Model):
+        capabilities = frozenset({LOGITS})
+
+        def __init__(self):
+            super().__init__(data.input_shape, 10)
+            self.linear = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.linear(x.flatten(1))
+
+        def logits(self, x):
+            return self(x)
+
+        def fit(self, data, ctx):
+            loss = lambda model, x, y: torch.nn.functional.cross_entropy(model(x), y)  # noqa: E731
+            fit_minibatches(self, data, ctx, loss, epochs=3, batch_size=32, lr=1e-2)
+
+        @torch.no_grad()
+        def predict(self, x):
+            return self(x).argmax(1)
+
+    class EarlierAdversarialTraining(StandardTraining):
+        """Builds its attack with ctx.build_attack and calls .run(model, x, y, eps), as the earlier guide showed."""
+
+        def train(self, model, data, ctx):
+            attack = ctx.build_attack({"name": "fgsm", "norm": "linf"})
+            result = attack.run(model, data.x_train[:16], data.y_train[:16], 0.1)
+            assert (result.x_adv - data.x_train[:16]).abs().max() <= 0.1 + 1e-6
+            return super().train(model, data, ctx)
+
+    with pytest.warns(DeprecationWarning, match="fit_minibatches is deprecated"):
+        trained = check_defense(EarlierAdversarialTraining(), EarlierModel, data)
+    assert (trained.predict(data.x_test) == data.y_test).double().mean() > 0.7
