@@ -84,11 +84,16 @@ class TrainingSettings:
 
 @dataclass(frozen=True)
 class Batch:
-    """One minibatch of the shared loop; ``index`` locates its samples in ``state.x_train``."""
+    """One minibatch of the shared loop; ``index`` locates its samples in ``state.x_train``.
+
+    ``target`` is what a reconstruction objective should reproduce when it is not ``x`` itself:
+    adversarial training of an autoencoder feeds adversarial inputs and keeps the clean ones here.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor
+    target: torch.Tensor | None = None
 
 
 @dataclass
@@ -110,6 +115,12 @@ class TrainingState:
     y_train: torch.Tensor
     epoch: int = 0
     step: int = 0
+    batch: Batch | None = None
+    """The batch of the current step, as ``prepare_batch`` left it (the model's loss may read its
+    ``target``)."""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """What the model's loss shares with the hooks on the current step (e.g. its encoding, for a
+    distillation term in ``extend_loss``); emptied before each step."""
 
 
 class TrainingHooks:

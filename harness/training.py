@@ -98,6 +98,7 @@ def fit(
             batch = Batch(state.x_train[index].to(ctx.device), state.y_train[index].to(ctx.device), index)
             for hook in hooks:
                 batch = hook.prepare_batch(state, batch)
+            state.batch, state.outputs = batch, {}
             loss = model.loss(batch.x, batch.y, state)
             for hook in hooks:
                 loss = hook.extend_loss(state, batch, loss)
