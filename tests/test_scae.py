@@ -10,7 +10,7 @@ import torch
 
 from harness.contracts import LOGITS, Batch, TrainingSettings, TrainingState
 from harness.leaderboard import read_leaderboard
-from harness.testing import check_defense, check_model, make_context, tiny_digits
+from harness.testing import check_attack, check_defense, check_model, make_context, tiny_digits
 from harness.training import make_optimizer, seed_everything
 from harness_scae.defenses import (
     AdversarialDistillation,
@@ -19,6 +19,7 @@ from harness_scae.defenses import (
     PretrainedAdversarialTraining,
     distillation_loss,
 )
+from harness_scae.evasion import SCAEEvasion
 from harness_scae.model import SCAE, KMeansHead, compose, geometric_transform, invert
 from harness_scae.presets import HEADS, PRESETS, resolve_config
 
@@ -131,6 +132,14 @@ def test_each_head_passes_the_contract_kit(data, head):
     with torch.no_grad():
         presences = model.capsule_presences(data.x_test, head.partition("-")[0])
     assert torch.equal(model.predict(data.x_test), model.classify_presences(presences))
+
+
+@pytest.mark.parametrize("head", ["posterior-kmeans", "prior-linear"])
+def test_the_evasion_attack_passes_the_contract_kit_on_the_scae(data, head):
+    model = small(data, head=head, epochs=1)
+    model.fit(data, make_context())
+    model.fit_head(data, make_context())
+    check_attack(SCAEEvasion(outer=2, inner=3), model.eval(), data.x_test[:6], data.y_test[:6])
 
 
 def test_kmeans_head_matches_clusters_to_labels_with_the_hungarian_algorithm():
