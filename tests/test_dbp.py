@@ -31,8 +31,8 @@ def vae(data, dbp=0.0, **overrides):
 
 
 def draw(data, attention, **overrides):
-    return DRAW(data.input_shape, data.num_classes, steps=2, hidden=8, latent=2, attention=attention, window=3,
-                **{**TRAINING, "dbp": 0.0, **overrides})
+    return DRAW(data.input_shape, data.num_classes, preset="small", steps=2, hidden=8, latent=2,
+                attention="on" if attention else "off", window=3, **{**TRAINING, "dbp": 0.0, **overrides})
 
 
 def state_for(model, data, epoch=0):
@@ -94,6 +94,7 @@ def test_no_penalty_when_lambda2_is_zero_or_in_the_first_half_of_the_schedule(da
 def test_draw_shapes(data, attention):
     seed_everything(0)
     model = draw(data, attention)
+    assert model.attention is attention
     mean, log_var, logits = model.run(data.x_test[:5], sample=True)
     assert mean.shape == log_var.shape == (5, 2 * 2)
     assert logits.shape == (5, 64)
@@ -190,3 +191,37 @@ def test_dbp_shrinks_the_input_gradient(data):
         model.fit(data, make_context())
     x, y = data.x_test, data.y_test
     assert ReconstructionGradient().evaluate(smooth.eval(), x, y) < 0.5 * ReconstructionGradient().evaluate(plain.eval(), x, y)
+
+
+def test_draw_presets_and_overrides(data):
+    paper = DRAW((1, 28, 28), 10, preset="draw16-attention", steps=None, hidden=None, latent=None, attention="",
+                 window=None, **{**TRAINING, "dbp": 0.0})
+    assert (paper.steps, paper.hidden, paper.attention, paper.window, paper.gmm.means.shape[-1]) == (16, 256, True, 12, 256)
+    plain = DRAW((1, 28, 28), 10, preset="draw16-attention", steps=1, hidden=None, latent=None, attention="off",
+                 window=None, **{**TRAINING, "dbp": 0.0})
+    assert (plain.steps, plain.attention) == (1, False)
+    with pytest.raises(ValueError, match="unknown DRAW preset"):
+        DRAW((1, 28, 28), 10, preset="draw3", steps=None, hidden=None, latent=None, attention="", window=None,
+             **{**TRAINING, "dbp": 0.0})
+
+
+@pytest.mark.slow
+def test_small_dbp_suite_runs(cli, tmp_path):
+    """The CI suite: every DBP component and a transfer attack, end to end."""
+    from pathlib import Path
+
+    from harness.leaderboard import read_leaderboard
+
+    output = tmp_path / "dbp-small.csv"
+    code, _, err = cli("run", Path(__file__).parents[1] / "leaderboards" / "dbp-small.toml", "--output", output)
+    assert code == 0, err
+    rows = read_leaderboard(output)
+    autoencoder_attack = rows["attack"].isin(["latent-attack", "output-attack"])
+    # the MLP has no encoder: the autoencoder attacks skip it; everything else runs
+    assert set(rows[autoencoder_attack & (rows["model"] == "mlp")]["status"]) == {"skipped"}
+    ran = rows[~(autoencoder_attack & (rows["model"] == "mlp"))]
+    assert set(ran["status"]) == {"ok"}, ran[ran["status"] != "ok"]["message"].tolist()
+    autoencoders = ran[autoencoder_attack]
+    assert autoencoders["metric_auddc"].dropna().between(0, 1).all()
+    assert autoencoders[autoencoders["model"] == "vae"]["metric_auddc"].notna().all()
+    assert (ran[ran["model"] != "mlp"]["metric_reconstruction-gradient"] > 0).all()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from harness.hookspecs import hookimpl
 from harness.registry import RegisterFunction
+from harness_dbp.grid import DRAW_PRESETS, REFERENCE_C_GRID
 
 # The DBP objective (lambda2 = dbp, lambda1 = kl_weight), the GMM head (evaluation parameters:
 # the heads share one trained autoencoder) and the reference's training (Adam 1e-4, batch 128).
@@ -35,19 +36,18 @@ def register_models(register: RegisterFunction) -> None:
     register(
         "draw",
         "harness_dbp.models:DRAW",
-        params={"steps": 16, "hidden": 256, "latent": 16, "attention": False, "window": 12, **COMMON},
-        choices=COMMON_CHOICES,
+        params={"preset": "draw16", "steps": None, "hidden": None, "latent": None, "attention": "", "window": None,
+                **COMMON},
+        choices={**COMMON_CHOICES, "preset": tuple(DRAW_PRESETS), "attention": ("", "on", "off")},
         evaluation_params=HEAD,
         imports=["sklearn.mixture"],
         description="DRAW (LSTM encoder/decoder over T steps, optional attention) trained with double backpropagation; "
-        "classifies with a GMM per class on the concatenated latent means",
+        "presets draw1, draw16, draw16-attention, any value overridable; a GMM per class on the concatenated latent means",
     )
 
 
 @hookimpl
 def register_attacks(register: RegisterFunction) -> None:
-    from harness_dbp.grid import REFERENCE_C_GRID
-
     for name, factory, what in (
         ("latent-attack", "LatentAttack", "the KL between the perturbed source's and the target's encodings"),
         ("output-attack", "OutputAttack", "the squared distance of the perturbed source's reconstruction to the target"),

@@ -30,18 +30,22 @@ def auddc(input_distortion: np.ndarray, output_distortion: np.ndarray) -> float:
 
 
 class AUDDC(SweepMetric):
-    """The mean AUDDC over the attack's (source, target) pairs."""
+    """The mean AUDDC over the attack's (source, target) pairs whose curve is defined (empty for
+    other attacks)."""
 
     requires = frozenset({ENCODE, RECONSTRUCT})
 
     def evaluate(self, model: Model, outcomes: Sequence[CellOutcome]) -> float:
         outcome = outcomes[0]
         if "input_distortion" not in outcome.extras:
-            raise ValueError("the AUDDC needs an autoencoder attack (latent-attack or output-attack)")
+            return float("nan")  # defined for the autoencoder attacks only
         inputs = outcome.extras["input_distortion"].double().numpy()
         outputs = outcome.extras["output_distortion"].double().numpy()
         attacked = ~np.isnan(inputs).all(axis=1)
-        return float(np.mean([auddc(i, o) for i, o in zip(inputs[attacked], outputs[attacked])]))
+        areas = np.array([auddc(i, o) for i, o in zip(inputs[attacked], outputs[attacked])])
+        # A pair whose curve is undefined (the model reconstructs source and target equally far
+        # from the target) does not count; none defined: no value.
+        return float(np.nanmean(areas)) if np.isfinite(areas).any() else float("nan")
 
 
 class ReconstructionLoss(ModelMetric):

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from harness.contracts import LOGITS, LOSS, Dataset, Model, TrainContext, TrainingSettings, TrainingState
 from harness_dbp.gmm import ClassGMM
+from harness_dbp.grid import DRAW_PRESETS
 
 ENCODE = "encode"
 """``model.encode(x)``: the encoder's Gaussian (mean, log-variance), each (B, D), deterministic."""
@@ -173,24 +174,33 @@ class DRAW(Autoencoder):
         input_shape: tuple[int, int, int],
         num_classes: int,
         *,
-        steps: int,
-        hidden: int,
-        latent: int,
-        attention: bool,
-        window: int,
+        preset: str,
+        steps: int | None,
+        hidden: int | None,
+        latent: int | None,
+        attention: str,
+        window: int | None,
         **rest,
     ):
+        if preset not in DRAW_PRESETS:
+            raise ValueError(f"unknown DRAW preset '{preset}' (known: {', '.join(DRAW_PRESETS)})")
+        config = dict(DRAW_PRESETS[preset])
+        given = {"steps": steps, "hidden": hidden, "latent": latent, "window": window}
+        config.update({key: int(value) for key, value in given.items() if value is not None})
+        if attention:
+            config["attention"] = attention == "on"
+        steps, hidden, latent, window = config["steps"], config["hidden"], config["latent"], config["window"]
         super().__init__(input_shape, num_classes, latent_dims=steps * latent, **rest)
         channels, self.height, self.width = input_shape
         if channels != 1:
             raise ValueError("DRAW is implemented for single-channel images")
-        self.steps, self.hidden, self.attention, self.window = steps, hidden, attention, window
-        read_size = 2 * window * window if attention else 2 * self.pixels
+        self.steps, self.hidden, self.attention, self.window = steps, hidden, bool(config["attention"]), window
+        read_size = 2 * window * window if self.attention else 2 * self.pixels
         self.encoder = nn.LSTMCell(read_size + hidden, hidden)
         self.to_latent = nn.Linear(hidden, 2 * latent)
         self.decoder = nn.LSTMCell(latent, hidden)
-        self.write_patch = nn.Linear(hidden, window * window if attention else self.pixels)
-        if attention:
+        self.write_patch = nn.Linear(hidden, window * window if self.attention else self.pixels)
+        if self.attention:
             # centre (2), log variance, log stride and log intensity of the filterbanks
             self.read_parameters = nn.Linear(hidden, 5)
             self.write_parameters = nn.Linear(hidden, 5)
