@@ -80,6 +80,10 @@ class TrainingSettings:
     """Multiply the learning rate by this every ``lr_decay_steps`` optimiser steps."""
     lr_decay_steps: int = 0
     """0: a constant learning rate."""
+    clip_grad_norm: float = 0.0
+    """Rescale the gradients to at most this global L2 norm before each step (0: no clipping)."""
+    clip_grad_value: float = 0.0
+    """Then clip each gradient entry to [-value, value] (0: no clipping)."""
 
 
 @dataclass(frozen=True)

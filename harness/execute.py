@@ -43,6 +43,7 @@ from harness.leaderboard import BUDGET_TOLERANCE
 from harness.registry import Registry
 from harness.statistics import wilson_interval
 from harness.suite import DEFAULT_DEFENSES, Cell, Entry, config_hash
+from harness.transfer import TransferAttack
 from harness.training import fit, predict_batched, preserved_rng, seed_everything, warm_up
 
 if TYPE_CHECKING:
@@ -255,6 +256,15 @@ class Workspace:
         with preserved_rng():
             return self.trained(dataclasses.replace(cell, defense=plain)).model
 
+    def bind_surrogate(self, attack: TransferAttack, cell: Cell) -> None:
+        """Give a transfer attack its inner attack and its surrogate: the suite's ``source`` model
+        trained with ``source_defense`` on the cell's dataset and seed (from the cache when there)."""
+        refs = cell.attack.refs
+        inner = _built(self.registry.build_from_table("attack", attack.attack_table), Attack, "the transfer's attack")
+        with preserved_rng():
+            surrogate = self.trained(dataclasses.replace(cell, model=refs["source"], defense=refs["source_defense"]))
+        attack.bind(inner, surrogate.model)
+
     def training_attack(self, table: Mapping[str, Any], cell: Cell) -> TrainingAttack:
         """An attack for adversarial training, from a (suite-validated) table with its eps."""
         attack = _built(self.registry.build_from_table("attack", table, ignore=["eps"]), Attack, f"attack '{table.get('name')}'")
@@ -399,6 +409,11 @@ def _compute_sweep(
     entry = cells[0].attack
     try:
         attack = _built(entry.component.build(entry.params), Attack, f"attack '{entry.label}'")
+        if isinstance(attack, TransferAttack):
+            workspace.bind_surrogate(attack, cells[0])
+    except Skip as skip:
+        yield from (CellResult(cell, "skipped", skip.reason) for cell in cells)
+        return
     except Exception as exc:
         yield from (CellResult(cell, "error", one_line(exc)) for cell in cells)
         return

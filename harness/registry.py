@@ -48,6 +48,20 @@ class ComponentTable:
 
     kind: str
     default: Mapping[str, Any]
+    own_budget: bool = True
+    """Whether a nested attack table carries its own ``eps`` (a defense's training budget); a
+    transfer attack's inner attack takes the cell's instead."""
+
+
+@dataclass(frozen=True)
+class EntryRef:
+    """The default of a parameter naming another entry of the same suite by its label, e.g. the
+    surrogate model of a transfer attack: ``EntryRef("model")``. The suite checks that the label
+    exists; the referring entry's identity includes that entry's, so that changing the surrogate
+    recomputes what depends on it."""
+
+    kind: str
+    default: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,8 @@ def _check_type(value: Any, default: Any) -> Any:
     """``value`` converted to the type of ``default``, or ``_BAD``."""
     if isinstance(default, ComponentTable):
         return dict(value) if isinstance(value, dict) else _BAD
+    if isinstance(default, EntryRef):
+        return value if isinstance(value, str) else _BAD
     if default is None:
         return value if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)) else _BAD
     if isinstance(default, bool):
@@ -154,6 +170,8 @@ def type_name(default: Any) -> str:
     """The type a suite must give for a parameter whose default is ``default``, e.g. ``integer``."""
     if isinstance(default, ComponentTable):
         return f"table naming a registered {default.kind}"
+    if isinstance(default, EntryRef):
+        return f"string naming a {default.kind} of the suite"
     if default is None:
         return "number"
     if isinstance(default, (list, tuple)):

@@ -11,12 +11,12 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError, ValidationError
-from harness.registry import Component, ComponentTable, Registry, did_you_mean
+from harness.registry import Component, ComponentTable, EntryRef, Registry, did_you_mean
 
 SECTIONS = {"datasets": "dataset", "models": "model", "defenses": "defense", "attacks": "attack", "metrics": "metric"}
 TOP_LEVEL_KEYS = {"name", "description", "seeds", "n_samples", "batch_size", "draws", "plugins", *SECTIONS}
@@ -49,6 +49,8 @@ class Entry:
     params: Mapping[str, Any]
     eps: tuple[float, ...] = ()
     uses: Mapping[str, Component] = field(default_factory=dict)
+    refs: Mapping[str, Entry] = field(default_factory=dict)
+    """The suite's entries that parameters name by label (a transfer attack's surrogate model)."""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -69,6 +71,8 @@ class Entry:
         identity = {**component_identity(self.component), "params": params}
         if self.uses:
             identity["uses"] = {key: component_identity(c) for key, c in sorted(self.uses.items())}
+        if self.refs:
+            identity["refs"] = {key: entry.config for key, entry in sorted(self.refs.items())}
         return identity
 
     @property
@@ -237,6 +241,7 @@ def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry) -> Suite
         default = DEFAULT_DEFENSES if section == "defenses" else [] if section == "metrics" else None
         sections[section] = _parse_entries(raw.get(section, default), section, kind, registry, problems)
 
+    sections = _resolve_refs(sections, problems)
     if problems:
         raise ValidationError(str(path), problems)
     return Suite(
@@ -332,7 +337,11 @@ def _resolve_nested(
         given = {k: v for k, v in table.items() if k not in ("name", "eps")}
         resolved, nested_problems = nested.resolve_params(given)
         problems.extend(f"{where}: {p}" for p in nested_problems)
-        if default.kind == "attack":
+        if default.kind == "attack" and not default.own_budget:
+            if "eps" in table:
+                problems.append(f"{where}: no 'eps' here: the attack runs at each eps of the entry")
+                continue
+        elif default.kind == "attack":
             eps = table.get("eps")
             if not _is_budget(eps):
                 problems.append(f"{where}: 'eps' must be a non-negative number (the training budget), got {eps!r}")
@@ -341,6 +350,32 @@ def _resolve_nested(
         params[key] = {"name": name, **resolved}
         uses[key] = nested
     return uses
+
+
+def _resolve_refs(sections: dict[str, list[Entry]], problems: list[str]) -> dict[str, list[Entry]]:
+    """Fill in each entry's ``refs``: the entries its :class:`EntryRef` parameters name by label."""
+    by_kind = {kind: {e.label: e for e in sections[section]} for section, kind in SECTIONS.items()}
+    resolved: dict[str, list[Entry]] = {}
+    for section, entries in sections.items():
+        resolved[section] = []
+        for entry in entries:
+            refs, params = {}, dict(entry.params)
+            for key, default in entry.component.params.items():
+                if not isinstance(default, EntryRef):
+                    continue
+                label = params[key].default if isinstance(params[key], EntryRef) else params[key]
+                params[key] = label
+                target = by_kind[default.kind].get(label)
+                if target is None:
+                    known = ", ".join(by_kind[default.kind]) or "none"
+                    problems.append(
+                        f"{section} '{entry.label}': parameter '{key}' names no {default.kind} of this suite: "
+                        f"{label!r}{did_you_mean(label, by_kind[default.kind])} (labels: {known})"
+                    )
+                    continue
+                refs[key] = target
+            resolved[section].append(replace(entry, params=params, refs=refs))
+    return resolved
 
 
 def _is_int(value: Any) -> bool:

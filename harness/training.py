@@ -64,6 +64,14 @@ def make_optimizer(settings: TrainingSettings, parameters: Sequence[torch.nn.Par
     return optimizer_class(parameters, lr=settings.lr, **dict(settings.optimizer_options))
 
 
+def clip_gradients(model: Model, settings: TrainingSettings) -> None:
+    """Clip by global norm, then by value, as ``settings`` ask."""
+    if settings.clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
+    if settings.clip_grad_value:
+        torch.nn.utils.clip_grad_value_(model.parameters(), settings.clip_grad_value)
+
+
 def fit(
     model: Model,
     data: Dataset,
@@ -104,6 +112,7 @@ def fit(
                 loss = hook.extend_loss(state, batch, loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            clip_gradients(model, settings)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()

@@ -1,0 +1,72 @@
+"""The paper's measures: the AUDDC of the latent and output attacks (Table 2) and, per trained
+autoencoder, the reconstruction loss and the size of its input gradient (Table 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from harness.contracts import CellOutcome, Model, ModelMetric, SweepMetric
+from harness_dbp.models import ENCODE, RECONSTRUCT, input_gradient
+
+
+def auddc(input_distortion: np.ndarray, output_distortion: np.ndarray) -> float:
+    """The area under one distortion-distortion curve, as the reference computes it: the points
+    with input distortion in [0, 1], sorted, then (max x, min y) and (1, min y) appended; the
+    trapezoid rule, no point added at x = 0. Higher: the attack needs more input distortion."""
+    from sklearn.metrics import auc
+
+    keep = (input_distortion >= 0) & (input_distortion <= 1) & np.isfinite(output_distortion)
+    x, y = input_distortion[keep], output_distortion[keep]
+    if len(x) == 0:
+        return float("nan")
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    x = np.append(x, [x.max(), 1.0])
+    y = np.append(y, [y.min(), y.min()])
+    return float(auc(x, y))
+
+
+class AUDDC(SweepMetric):
+    """The mean AUDDC over the attack's (source, target) pairs whose curve is defined (empty for
+    other attacks)."""
+
+    requires = frozenset({ENCODE, RECONSTRUCT})
+
+    def evaluate(self, model: Model, outcomes: Sequence[CellOutcome]) -> float:
+        outcome = outcomes[0]
+        if "input_distortion" not in outcome.extras:
+            return float("nan")  # defined for the autoencoder attacks only
+        inputs = outcome.extras["input_distortion"].double().numpy()
+        outputs = outcome.extras["output_distortion"].double().numpy()
+        attacked = ~np.isnan(inputs).all(axis=1)
+        areas = np.array([auddc(i, o) for i, o in zip(inputs[attacked], outputs[attacked])])
+        # A pair whose curve is undefined (the model reconstructs source and target equally far
+        # from the target) does not count; none defined: no value.
+        return float(np.nanmean(areas)) if np.isfinite(areas).any() else float("nan")
+
+
+class ReconstructionLoss(ModelMetric):
+    """The Bernoulli negative log-likelihood of the test images per pixel, decoded from the
+    encoder means."""
+
+    requires = frozenset({ENCODE, RECONSTRUCT})
+
+    def evaluate(self, model: Model, x: torch.Tensor, y: torch.Tensor) -> float:
+        with torch.no_grad():
+            _, _, logits = model.run(x, sample=False)  # type: ignore[attr-defined]
+            return float(model.reconstruction_loss(logits, x).mean() / logits.shape[1])  # type: ignore[attr-defined]
+
+
+class ReconstructionGradient(ModelMetric):
+    """The mean L2 norm of the reconstruction loss's input gradient, the quantity DBP penalises."""
+
+    requires = frozenset({ENCODE, RECONSTRUCT})
+
+    def evaluate(self, model: Model, x: torch.Tensor, y: torch.Tensor) -> float:
+        x = x.detach().clone().requires_grad_(True)
+        _, _, logits = model.run(x, sample=False)  # type: ignore[attr-defined]
+        loss = model.reconstruction_loss(logits, x)  # type: ignore[attr-defined]
+        return float(input_gradient(loss, x, create_graph=False).norm(dim=1).mean())

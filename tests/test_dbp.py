@@ -1,0 +1,227 @@
+"""The DBP plugin: autoencoders with double backpropagation, the GMM head, the latent and output
+attacks and the AUDDC, on tiny configurations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harness.contracts import TrainingState
+from harness.testing import check_attack, check_metric, check_model, make_context, outcome_of, tiny_digits
+from harness.training import make_optimizer, seed_everything
+from harness_dbp.attacks import LatentAttack, OutputAttack, choose_pairs
+from harness_dbp.gmm import ClassGMM
+from harness_dbp.metrics import AUDDC, ReconstructionGradient, ReconstructionLoss, auddc
+from harness_dbp.models import DRAW, VAE, input_gradient
+
+TRAINING = {"dbp_schedule": "constant", "kl_weight": 1.0, "gmm_components": 1, "gmm_covariance": "diag",
+            "epochs": 2, "batch_size": 32, "lr": 3e-3}
+ATTACK = {"norm": "l2", "pairs": 2, "iterations": 30, "lr": 0.05, "c_grid": [0.0, 2.0**-4, 1.0, 2.0**4],
+          "reconstructions": 4}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_digits(n_train=150, n_test=30)
+
+
+def vae(data, dbp=0.0, **overrides):
+    return VAE(data.input_shape, data.num_classes, hidden=[16], latent=4, **{**TRAINING, "dbp": dbp, **overrides})
+
+
+def draw(data, attention, **overrides):
+    return DRAW(data.input_shape, data.num_classes, preset="small", steps=2, hidden=8, latent=2,
+                attention="on" if attention else "off", window=3, **{**TRAINING, "dbp": 0.0, **overrides})
+
+
+def state_for(model, data, epoch=0):
+    settings = model.training_settings()
+    state = TrainingState(model, data, make_context(), settings, make_optimizer(settings, list(model.parameters())),
+                          data.x_train, data.y_train)
+    state.epoch = epoch
+    return state
+
+
+def loss_with_seed(model, x, y, state, seed=0):
+    torch.manual_seed(seed)  # the same latent samples in every call
+    return model.loss(x, y, state)
+
+
+def test_dbp_penalty_is_the_squared_input_gradient_and_matches_finite_differences(data):
+    seed_everything(0)
+    model = vae(data, dbp=1.0).double()
+    x, y = data.x_train[:3].double(), data.y_train[:3]
+    penalised = loss_with_seed(model, x, y, state_for(model, data))
+    model.dbp = 0.0
+    plain = loss_with_seed(model, x, y, state_for(model, data))
+
+    def reconstruction(images):
+        torch.manual_seed(0)
+        _, _, logits = model.run(images, sample=True)
+        return model.reconstruction_loss(logits, images)
+
+    images = x.clone().requires_grad_(True)
+    gradient = input_gradient(reconstruction(images), images, create_graph=False)
+    assert torch.allclose(penalised - plain, gradient.square().sum(dim=1).mean(), rtol=1e-6)
+    # central differences, pixel by pixel, with the same latent noise
+    step, flat = 1e-5, x.flatten(1)
+    numeric = torch.zeros_like(flat)
+    for pixel in range(flat.shape[1]):
+        shift = torch.zeros_like(flat)
+        shift[:, pixel] = step
+        up = reconstruction((flat + shift).view_as(x))
+        down = reconstruction((flat - shift).view_as(x))
+        numeric[:, pixel] = (up - down) / (2 * step)
+    assert torch.allclose(gradient, numeric, atol=1e-5, rtol=1e-4)
+
+
+def test_no_penalty_when_lambda2_is_zero_or_in_the_first_half_of_the_schedule(data):
+    seed_everything(0)
+    x, y = data.x_train[:4], data.y_train[:4]
+    model = vae(data, dbp=0.0)
+    mean, log_var, logits = (lambda: (torch.manual_seed(0), model.run(x, sample=True))[1])()
+    expected = model.reconstruction_loss(logits, x).mean() + 0.5 * (
+        mean.square() + log_var.exp() - log_var - 1
+    ).sum(dim=1).mean()
+    assert torch.allclose(loss_with_seed(model, x, y, state_for(model, data)), expected)
+    scheduled = vae(data, dbp=5.0, dbp_schedule="half", epochs=10)
+    assert scheduled.dbp_weight(state_for(scheduled, data, epoch=4)) == 0.0
+    assert scheduled.dbp_weight(state_for(scheduled, data, epoch=5)) == 5.0
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_draw_shapes(data, attention):
+    seed_everything(0)
+    model = draw(data, attention)
+    assert model.attention is attention
+    mean, log_var, logits = model.run(data.x_test[:5], sample=True)
+    assert mean.shape == log_var.shape == (5, 2 * 2)
+    assert logits.shape == (5, 64)
+    assert model.reconstruct(data.x_test[:5]).shape == (5, *data.input_shape)
+    assert torch.isfinite(model.loss(data.x_test[:5], data.y_test[:5], state_for(model, data)))
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_gmm_head_agrees_with_sklearn(covariance):
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    z = torch.from_numpy(np.concatenate([rng.normal(0, 1, (60, 3)), rng.normal(4, 0.5, (60, 3))])).float()
+    labels = torch.tensor([0] * 60 + [1] * 60)
+    head = ClassGMM(2, 2, 3, covariance)
+    head.fit(z, labels, seed=0)
+    for label in (0, 1):
+        mixture = GaussianMixture(2, covariance_type=covariance, random_state=0).fit(z[labels == label].double().numpy())
+        components = head.component_log_densities(z)[:, label]
+        expected = mixture.predict_proba(z.double().numpy())
+        assert np.allclose(components.softmax(dim=1).numpy(), expected, atol=1e-4)
+        assert np.allclose(head.log_densities(z)[:, label].numpy(), mixture.score_samples(z.double().numpy()), atol=1e-3)
+    assert (head.log_densities(z).argmax(dim=1) == labels).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("build", [vae, lambda data: draw(data, False), lambda data: draw(data, True)])
+def test_models_pass_the_contract_kit(data, build):
+    model = check_model(lambda: build(data), data)
+    assert model.head_modules() == [model.gmm]
+
+
+def test_pairs_have_distinct_labels_and_are_reproducible():
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    sources, targets = choose_pairs(y, 4, torch.Generator().manual_seed(0))
+    assert len(set(sources.tolist())) == 4 and (y[sources] != y[targets]).all()
+    again = choose_pairs(y, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(sources, again[0]) and torch.equal(targets, again[1])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A VAE that reconstructs digits well enough for its attacks to mean something (seconds)."""
+    data = tiny_digits(n_train=500, n_test=30)
+    seed_everything(0)
+    model = VAE(data.input_shape, data.num_classes, hidden=[64], latent=8, **{**TRAINING, "dbp": 0.0, "epochs": 40})
+    model.fit(data, make_context())
+    model.fit_head(data, make_context())
+    return model.eval()
+
+
+@pytest.mark.parametrize("attack_class", [LatentAttack, OutputAttack])
+def test_attacks_reach_their_target_on_an_undefended_model(trained, data, attack_class):
+    attack = attack_class(**{**ATTACK, "iterations": 200, "reconstructions": 32})
+    x, y = data.x_test[:20], data.y_test[:20]
+    outcome = attack.run(trained, x, y, None, torch.Generator().manual_seed(0))
+    attacked = outcome.extras["target"] >= 0
+    assert attacked.sum() == 2
+    inputs, outputs = outcome.extras["input_distortion"][attacked], outcome.extras["output_distortion"][attacked]
+    # C = 0 puts no price on the perturbation: the reconstruction reaches the target's ...
+    assert (outputs[:, 0] < 0.3).all()
+    # ... and the largest C keeps the perturbation small and the reconstruction near the source's
+    assert (inputs[:, -1] < 0.2).all() and (outputs[:, -1] > 0.6).all()
+    assert torch.isnan(outcome.extras["input_distortion"][~attacked]).all()
+
+
+@pytest.mark.parametrize("attack_class", [LatentAttack, OutputAttack])
+def test_attacks_pass_the_contract_kit(trained, data, attack_class):
+    check_attack(attack_class(**ATTACK), trained, data.x_test[:6], data.y_test[:6])
+
+
+def test_auddc_on_known_curves():
+    x = np.array([0.2, 0.5, 0.9])
+    assert auddc(x, np.ones(3)) == pytest.approx(0.8)  # y = 1: the area from x_min to 1
+    grid = np.linspace(0, 1, 11)
+    assert auddc(grid, 1 - grid) == pytest.approx(0.5)
+    # points beyond the source-target distance are left out; the curve ends at (1, min y)
+    assert auddc(np.array([0.5, 2.0]), np.array([0.4, 0.0])) == pytest.approx(0.5 * 0.4)
+
+
+def test_metrics_pass_the_contract_kit(trained, data):
+    x, y = data.x_test[:10], data.y_test[:10]
+    attack = OutputAttack(**ATTACK)
+    value = check_metric(AUDDC(), trained, [outcome_of(attack, trained, x, y, float("inf"))])
+    assert 0.0 <= value <= 1.0
+    assert check_metric(ReconstructionLoss(), trained, [outcome_of(attack, trained, x, y, float("inf"))]) > 0
+    assert check_metric(ReconstructionGradient(), trained, [outcome_of(attack, trained, x, y, float("inf"))]) > 0
+
+
+def test_dbp_shrinks_the_input_gradient(data):
+    seed_everything(0)
+    plain, smooth = vae(data, epochs=6), vae(data, dbp=1.0, epochs=6)
+    for model in (plain, smooth):
+        seed_everything(0)
+        model.fit(data, make_context())
+    x, y = data.x_test, data.y_test
+    assert ReconstructionGradient().evaluate(smooth.eval(), x, y) < 0.5 * ReconstructionGradient().evaluate(plain.eval(), x, y)
+
+
+def test_draw_presets_and_overrides(data):
+    paper = DRAW((1, 28, 28), 10, preset="draw16-attention", steps=None, hidden=None, latent=None, attention="",
+                 window=None, **{**TRAINING, "dbp": 0.0})
+    assert (paper.steps, paper.hidden, paper.attention, paper.window, paper.gmm.means.shape[-1]) == (16, 256, True, 12, 256)
+    plain = DRAW((1, 28, 28), 10, preset="draw16-attention", steps=1, hidden=None, latent=None, attention="off",
+                 window=None, **{**TRAINING, "dbp": 0.0})
+    assert (plain.steps, plain.attention) == (1, False)
+    with pytest.raises(ValueError, match="unknown DRAW preset"):
+        DRAW((1, 28, 28), 10, preset="draw3", steps=None, hidden=None, latent=None, attention="", window=None,
+             **{**TRAINING, "dbp": 0.0})
+
+
+@pytest.mark.slow
+def test_small_dbp_suite_runs(cli, tmp_path):
+    """The CI suite: every DBP component and a transfer attack, end to end."""
+    from pathlib import Path
+
+    from harness.leaderboard import read_leaderboard
+
+    output = tmp_path / "dbp-small.csv"
+    code, _, err = cli("run", Path(__file__).parents[1] / "leaderboards" / "dbp-small.toml", "--output", output)
+    assert code == 0, err
+    rows = read_leaderboard(output)
+    autoencoder_attack = rows["attack"].isin(["latent-attack", "output-attack"])
+    # the MLP has no encoder: the autoencoder attacks skip it; everything else runs
+    assert set(rows[autoencoder_attack & (rows["model"] == "mlp")]["status"]) == {"skipped"}
+    ran = rows[~(autoencoder_attack & (rows["model"] == "mlp"))]
+    assert set(ran["status"]) == {"ok"}, ran[ran["status"] != "ok"]["message"].tolist()
+    autoencoders = ran[autoencoder_attack]
+    assert autoencoders["metric_auddc"].dropna().between(0, 1).all()
+    assert autoencoders[autoencoders["model"] == "vae"]["metric_auddc"].notna().all()
+    assert (ran[ran["model"] != "mlp"]["metric_reconstruction-gradient"] > 0).all()
