@@ -174,6 +174,20 @@ def test_auddc_on_known_curves():
     assert auddc(np.array([0.5, 2.0]), np.array([0.4, 0.0])) == pytest.approx(0.5 * 0.4)
 
 
+def test_auddc_summarises_the_pairs_by_their_mean_or_median(trained, data):
+    from harness.contracts import CellOutcome
+
+    inputs = torch.tensor([[0.2, 0.5], [0.2, 0.5], [0.2, 0.5]], dtype=torch.float64)
+    outputs = torch.tensor([[1.0, 1.0], [0.5, 0.5], [-9.0, -9.0]], dtype=torch.float64)
+    outcome = outcome_of(OutputAttack(**ATTACK), trained, data.x_test[:3], data.y_test[:3], float("inf"))
+    outcome = CellOutcome(**{**outcome.__dict__, "extras": {"input_distortion": inputs, "output_distortion": outputs}})
+    areas = [0.8, 0.4, -7.2]  # y constant: (1 - 0.2) * y
+    assert AUDDC("mean").evaluate(trained, [outcome]) == pytest.approx(np.mean(areas))
+    assert AUDDC("median").evaluate(trained, [outcome]) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="unknown statistic"):
+        AUDDC("mode")
+
+
 def test_metrics_pass_the_contract_kit(trained, data):
     x, y = data.x_test[:10], data.y_test[:10]
     attack = OutputAttack(**ATTACK)

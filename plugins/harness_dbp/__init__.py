@@ -64,8 +64,10 @@ def register_attacks(register: RegisterFunction) -> None:
 
 @hookimpl
 def register_metrics(register: RegisterFunction) -> None:
-    register("auddc", "harness_dbp.metrics:AUDDC", higher_is_better=True,
-             description="area under the distortion-distortion curve of a latent or output attack (higher: more robust)")
+    register("auddc", "harness_dbp.metrics:AUDDC", params={"statistic": "mean"}, choices={"statistic": ("mean", "median")},
+             higher_is_better=True,
+             description="area under the distortion-distortion curve of a latent or output attack, the mean (as the "
+             "reference) or median over its pairs (higher: more robust)")
     register("reconstruction-loss", "harness_dbp.metrics:ReconstructionLoss", higher_is_better=False,
              description="per-pixel Bernoulli negative log-likelihood of the test images' reconstructions")
     register("reconstruction-gradient", "harness_dbp.metrics:ReconstructionGradient", higher_is_better=False,

@@ -11,6 +11,8 @@ import torch
 from harness.contracts import CellOutcome, Model, ModelMetric, SweepMetric
 from harness_dbp.models import ENCODE, RECONSTRUCT, input_gradient
 
+STATISTICS = ("mean", "median")
+
 
 def auddc(input_distortion: np.ndarray, output_distortion: np.ndarray) -> float:
     """The area under one distortion-distortion curve, as the reference computes it: the points
@@ -30,10 +32,18 @@ def auddc(input_distortion: np.ndarray, output_distortion: np.ndarray) -> float:
 
 
 class AUDDC(SweepMetric):
-    """The mean AUDDC over the attack's (source, target) pairs whose curve is defined (empty for
-    other attacks)."""
+    """The AUDDC over the attack's (source, target) pairs whose curve is defined (empty for other
+    attacks): their mean, as the reference reports it, or their median. The normalised output
+    distortion divides by how much farther the source's reconstruction is from the target than
+    the target's own; for a model whose reconstructions are all blurred that gap is small, a pair
+    can give a large negative area, and the median is the stabler summary."""
 
     requires = frozenset({ENCODE, RECONSTRUCT})
+
+    def __init__(self, statistic: str = "mean"):
+        if statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic '{statistic}' (known: {', '.join(STATISTICS)})")
+        self.statistic = statistic
 
     def evaluate(self, model: Model, outcomes: Sequence[CellOutcome]) -> float:
         outcome = outcomes[0]
@@ -45,7 +55,9 @@ class AUDDC(SweepMetric):
         areas = np.array([auddc(i, o) for i, o in zip(inputs[attacked], outputs[attacked])])
         # A pair whose curve is undefined (the model reconstructs source and target equally far
         # from the target) does not count; none defined: no value.
-        return float(np.nanmean(areas)) if np.isfinite(areas).any() else float("nan")
+        if not np.isfinite(areas).any():
+            return float("nan")
+        return float(np.nanmedian(areas) if self.statistic == "median" else np.nanmean(areas))
 
 
 class ReconstructionLoss(ModelMetric):
