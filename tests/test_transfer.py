@@ -73,3 +73,16 @@ def test_bad_transfer_entries_are_one_line_errors(cli, write_suite):
     budget = SUITE.replace("HIDDEN", "32").replace('attack = { name = "fgsm" }', 'attack = { name = "fgsm", eps = 0.1 }')
     code, _, err = cli("validate", write_suite(budget))
     assert code == 2 and "no 'eps' here" in err
+
+
+def test_a_bound_transfer_attack_passes_the_contract_kit():
+    from harness.plugins import load_plugins
+    from harness.testing import check_attack, reference_classifier, tiny_digits
+    from harness.transfer import TransferAttack
+
+    data = tiny_digits()
+    target, surrogate = reference_classifier(data, seed=0), reference_classifier(data, seed=1)
+    attack = TransferAttack(norm="linf", source="mlp", source_defense="none", attack={"name": "pgd", "max_iter": 5})
+    attack.bind(load_plugins().build_from_table("attack", attack.attack_table), surrogate)
+    check_attack(attack, target, data.x_test[:20], data.y_test[:20], eps=0.1)
+    assert attack.requires == frozenset()  # the target is only asked for its predictions
