@@ -33,7 +33,8 @@ class TransferAttack(Attack):
     def bind(self, inner: Attack, surrogate: Model) -> None:
         """The attack to run (built from ``attack``) and the trained surrogate to run it on."""
         if inner.minimal_norm:
-            raise ValueError(f"a transfer attack needs a budgeted attack, not the minimal-norm '{self.attack_table['name']}'")
+            name = self.attack_table["name"]
+            raise ValueError(f"a transfer attack needs a budgeted attack, not the minimal-norm '{name}'")
         missing = sorted(inner.requires - surrogate.capabilities)
         if missing:
             raise ValueError(f"attack '{self.attack_table['name']}' needs {', '.join(missing)}, which the surrogate "

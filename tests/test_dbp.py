@@ -15,10 +15,23 @@ from harness_dbp.gmm import ClassGMM
 from harness_dbp.metrics import AUDDC, ReconstructionGradient, ReconstructionLoss, auddc
 from harness_dbp.models import DRAW, VAE, input_gradient
 
-TRAINING = {"dbp_schedule": "constant", "kl_weight": 1.0, "gmm_components": 1, "gmm_covariance": "diag",
-            "epochs": 2, "batch_size": 32, "lr": 3e-3}
-ATTACK = {"norm": "l2", "pairs": 2, "iterations": 30, "lr": 0.05, "c_grid": [0.0, 2.0**-4, 1.0, 2.0**4],
-          "reconstructions": 4}
+TRAINING = {
+    "dbp_schedule": "constant",
+    "kl_weight": 1.0,
+    "gmm_components": 1,
+    "gmm_covariance": "diag",
+    "epochs": 2,
+    "batch_size": 32,
+    "lr": 3e-3,
+}
+ATTACK = {
+    "norm": "l2",
+    "pairs": 2,
+    "iterations": 30,
+    "lr": 0.05,
+    "c_grid": [0.0, 2.0**-4, 1.0, 2.0**4],
+    "reconstructions": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +44,30 @@ def vae(data, dbp=0.0, **overrides):
 
 
 def draw(data, attention, **overrides):
-    return DRAW(data.input_shape, data.num_classes, preset="small", steps=2, hidden=8, latent=2,
-                attention="on" if attention else "off", window=3, **{**TRAINING, "dbp": 0.0, **overrides})
+    return DRAW(
+        data.input_shape,
+        data.num_classes,
+        preset="small",
+        steps=2,
+        hidden=8,
+        latent=2,
+        attention="on" if attention else "off",
+        window=3,
+        **{**TRAINING, "dbp": 0.0, **overrides},
+    )
 
 
 def state_for(model, data, epoch=0):
     settings = model.training_settings()
-    state = TrainingState(model, data, make_context(), settings, make_optimizer(settings, list(model.parameters())),
-                          data.x_train, data.y_train)
+    state = TrainingState(
+        model,
+        data,
+        make_context(),
+        settings,
+        make_optimizer(settings, list(model.parameters())),
+        data.x_train,
+        data.y_train,
+    )
     state.epoch = epoch
     return state
 
@@ -81,9 +110,10 @@ def test_no_penalty_when_lambda2_is_zero_or_in_the_first_half_of_the_schedule(da
     x, y = data.x_train[:4], data.y_train[:4]
     model = vae(data, dbp=0.0)
     mean, log_var, logits = (lambda: (torch.manual_seed(0), model.run(x, sample=True))[1])()
-    expected = model.reconstruction_loss(logits, x).mean() + 0.5 * (
-        mean.square() + log_var.exp() - log_var - 1
-    ).sum(dim=1).mean()
+    expected = (
+        model.reconstruction_loss(logits, x).mean()
+        + 0.5 * (mean.square() + log_var.exp() - log_var - 1).sum(dim=1).mean()
+    )
     assert torch.allclose(loss_with_seed(model, x, y, state_for(model, data)), expected)
     scheduled = vae(data, dbp=5.0, dbp_schedule="half", epochs=10)
     assert scheduled.dbp_weight(state_for(scheduled, data, epoch=4)) == 0.0
@@ -112,11 +142,15 @@ def test_gmm_head_agrees_with_sklearn(covariance):
     head = ClassGMM(2, 2, 3, covariance)
     head.fit(z, labels, seed=0)
     for label in (0, 1):
-        mixture = GaussianMixture(2, covariance_type=covariance, random_state=0).fit(z[labels == label].double().numpy())
+        mixture = GaussianMixture(2, covariance_type=covariance, random_state=0).fit(
+            z[labels == label].double().numpy()
+        )
         components = head.component_log_densities(z)[:, label]
         expected = mixture.predict_proba(z.double().numpy())
         assert np.allclose(components.softmax(dim=1).numpy(), expected, atol=1e-4)
-        assert np.allclose(head.log_densities(z)[:, label].numpy(), mixture.score_samples(z.double().numpy()), atol=1e-3)
+        assert np.allclose(
+            head.log_densities(z)[:, label].numpy(), mixture.score_samples(z.double().numpy()), atol=1e-3
+        )
     assert (head.log_densities(z).argmax(dim=1) == labels).float().mean() > 0.95
 
 
@@ -204,19 +238,54 @@ def test_dbp_shrinks_the_input_gradient(data):
         seed_everything(0)
         model.fit(data, make_context())
     x, y = data.x_test, data.y_test
-    assert ReconstructionGradient().evaluate(smooth.eval(), x, y) < 0.5 * ReconstructionGradient().evaluate(plain.eval(), x, y)
+    assert ReconstructionGradient().evaluate(smooth.eval(), x, y) < 0.5 * ReconstructionGradient().evaluate(
+        plain.eval(), x, y
+    )
 
 
 def test_draw_presets_and_overrides(data):
-    paper = DRAW((1, 28, 28), 10, preset="draw16-attention", steps=None, hidden=None, latent=None, attention="",
-                 window=None, **{**TRAINING, "dbp": 0.0})
-    assert (paper.steps, paper.hidden, paper.attention, paper.window, paper.gmm.means.shape[-1]) == (16, 256, True, 12, 256)
-    plain = DRAW((1, 28, 28), 10, preset="draw16-attention", steps=1, hidden=None, latent=None, attention="off",
-                 window=None, **{**TRAINING, "dbp": 0.0})
+    paper = DRAW(
+        (1, 28, 28),
+        10,
+        preset="draw16-attention",
+        steps=None,
+        hidden=None,
+        latent=None,
+        attention="",
+        window=None,
+        **{**TRAINING, "dbp": 0.0},
+    )
+    assert (paper.steps, paper.hidden, paper.attention, paper.window, paper.gmm.means.shape[-1]) == (
+        16,
+        256,
+        True,
+        12,
+        256,
+    )
+    plain = DRAW(
+        (1, 28, 28),
+        10,
+        preset="draw16-attention",
+        steps=1,
+        hidden=None,
+        latent=None,
+        attention="off",
+        window=None,
+        **{**TRAINING, "dbp": 0.0},
+    )
     assert (plain.steps, plain.attention) == (1, False)
     with pytest.raises(ValueError, match="unknown DRAW preset"):
-        DRAW((1, 28, 28), 10, preset="draw3", steps=None, hidden=None, latent=None, attention="", window=None,
-             **{**TRAINING, "dbp": 0.0})
+        DRAW(
+            (1, 28, 28),
+            10,
+            preset="draw3",
+            steps=None,
+            hidden=None,
+            latent=None,
+            attention="",
+            window=None,
+            **{**TRAINING, "dbp": 0.0},
+        )
 
 
 @pytest.mark.slow

@@ -25,7 +25,12 @@ from harness_scae.presets import HEADS, PRESETS, resolve_config
 
 LEADERBOARDS = Path(__file__).parents[1] / "leaderboards"
 GENERATOR = {
-    "name": "scae-evasion", "head": "posterior-linear", "optimizer": "sign", "outer": 1, "inner": 3, "eps": float("inf")
+    "name": "scae-evasion",
+    "head": "posterior-linear",
+    "optimizer": "sign",
+    "outer": 1,
+    "inner": 3,
+    "eps": float("inf"),
 }
 
 
@@ -47,7 +52,13 @@ def state_for(model, data):
 def test_presets_follow_the_paper_and_every_value_can_be_overridden():
     paper = PRESETS["paper"]
     assert (paper.canvas, paper.n_part_caps, paper.n_obj_caps, paper.template_size) == (40, 24, 24, 11)
-    assert (paper.noise_scale, paper.cnn_channels, paper.st_layers, paper.st_heads, paper.st_dims) == (4.0, 128, 3, 1, 16)
+    assert (paper.noise_scale, paper.cnn_channels, paper.st_layers, paper.st_heads, paper.st_dims) == (
+        4.0,
+        128,
+        3,
+        1,
+        16,
+    )
     assert (paper.st_output_dims, paper.optimizer, paper.lr, paper.batch_size) == (256, "RMSprop", 3e-5, 100)
     assert (paper.lr_decay, paper.lr_decay_steps) == (0.96, 10_000)
     assert resolve_config("paper", {"n_obj_caps": 10, "lr": None, "optimizer": ""}).n_obj_caps == 10
@@ -96,8 +107,9 @@ def test_gradients_reach_the_input_through_the_template_rendering(data):
     likelihood = model.encode(x, target=data.x_test[:4]).image_log_likelihood.sum()
     (gradient,) = torch.autograd.grad(likelihood, x)
     assert gradient.abs().sum() > 0
-    template_gradient = torch.autograd.grad(model.encode(data.x_test[:4]).image_log_likelihood.sum(),
-                                            model.decoder.template_logits)[0]
+    template_gradient = torch.autograd.grad(
+        model.encode(data.x_test[:4]).image_log_likelihood.sum(), model.decoder.template_logits
+    )[0]
     assert template_gradient.abs().sum() > 0
 
 
@@ -168,7 +180,9 @@ def test_distillation_loss_is_zero_when_the_student_is_the_teacher(data):
     encoding = model.encode(data.x_test[:6], render=False)
     assert distillation_loss(encoding, encoding).item() == 0.0
     other = small(data).eval().encode(data.x_test[:6], render=False)
-    expected = 0.5 * ((encoding.prior - other.prior).square().sum() + (encoding.posterior - other.posterior).square().sum())
+    expected = 0.5 * (
+        (encoding.prior - other.prior).square().sum() + (encoding.posterior - other.posterior).square().sum()
+    )
     assert torch.allclose(distillation_loss(encoding, other), expected)
 
 

@@ -50,7 +50,9 @@ def test_a_transfer_from_the_model_itself_is_the_white_box_attack(cli, write_sui
     white, transfer = rows.loc[("mlp", "fgsm")], rows.loc[("mlp", "fgsm-from-mlp")]
     pd.testing.assert_series_equal(white["robust_accuracy"], transfer["robust_accuracy"])
     # on the CNN the examples come from the MLP: the row differs from the CNN's white-box attack
-    assert not rows.loc[("cnn", "fgsm"), "robust_accuracy"].equals(rows.loc[("cnn", "fgsm-from-mlp"), "robust_accuracy"])
+    assert not rows.loc[("cnn", "fgsm"), "robust_accuracy"].equals(
+        rows.loc[("cnn", "fgsm-from-mlp"), "robust_accuracy"]
+    )
     assert set(rows.loc[("cnn", "fgsm-from-mlp"), "norm"]) == {"linf"}
 
 
@@ -70,7 +72,9 @@ def test_bad_transfer_entries_are_one_line_errors(cli, write_suite):
     unknown = SUITE.replace("HIDDEN", "32").replace('source = "mlp"', 'source = "mpl"')
     code, _, err = cli("validate", write_suite(unknown))
     assert code == 2 and "parameter 'source' names no model of this suite: 'mpl' (did you mean 'mlp'?)" in err
-    budget = SUITE.replace("HIDDEN", "32").replace('attack = { name = "fgsm" }', 'attack = { name = "fgsm", eps = 0.1 }')
+    budget = SUITE.replace("HIDDEN", "32").replace(
+        'attack = { name = "fgsm" }', 'attack = { name = "fgsm", eps = 0.1 }'
+    )
     code, _, err = cli("validate", write_suite(budget))
     assert code == 2 and "no 'eps' here" in err
 
