@@ -244,48 +244,17 @@ def test_dbp_shrinks_the_input_gradient(data):
 
 
 def test_draw_presets_and_overrides(data):
-    paper = DRAW(
-        (1, 28, 28),
-        10,
-        preset="draw16-attention",
-        steps=None,
-        hidden=None,
-        latent=None,
-        attention="",
-        window=None,
-        **{**TRAINING, "dbp": 0.0},
-    )
-    assert (paper.steps, paper.hidden, paper.attention, paper.window, paper.gmm.means.shape[-1]) == (
-        16,
-        256,
-        True,
-        12,
-        256,
-    )
-    plain = DRAW(
-        (1, 28, 28),
-        10,
-        preset="draw16-attention",
-        steps=1,
-        hidden=None,
-        latent=None,
-        attention="off",
-        window=None,
-        **{**TRAINING, "dbp": 0.0},
-    )
+    def preset_draw(preset, **overrides):
+        unset = {"steps": None, "hidden": None, "latent": None, "attention": "", "window": None}
+        return DRAW((1, 28, 28), 10, preset=preset, **{**unset, **overrides}, **{**TRAINING, "dbp": 0.0})
+
+    paper = preset_draw("draw16-attention")
+    shape = (paper.steps, paper.hidden, paper.attention, paper.window, paper.gmm.means.shape[-1])
+    assert shape == (16, 256, True, 12, 256)
+    plain = preset_draw("draw16-attention", steps=1, attention="off")
     assert (plain.steps, plain.attention) == (1, False)
     with pytest.raises(ValueError, match="unknown DRAW preset"):
-        DRAW(
-            (1, 28, 28),
-            10,
-            preset="draw3",
-            steps=None,
-            hidden=None,
-            latent=None,
-            attention="",
-            window=None,
-            **{**TRAINING, "dbp": 0.0},
-        )
+        preset_draw("draw3")
 
 
 @pytest.mark.slow
