@@ -80,6 +80,8 @@ class TrainingSettings:
     """Multiply the learning rate by this every ``lr_decay_steps`` optimiser steps."""
     lr_decay_steps: int = 0
     """0: a constant learning rate."""
+    lr_decay_epochs: int = 0
+    """Or multiply it by ``lr_decay`` every this many epochs instead (give one of the two)."""
     clip_grad_norm: float = 0.0
     """Rescale the gradients to at most this global L2 norm before each step (0: no clipping)."""
     clip_grad_value: float = 0.0

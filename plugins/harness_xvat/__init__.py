@@ -1,0 +1,91 @@
+"""Learning with multiplicative perturbations (Yang and Ji, ICPR 2020): xAT and xVAT with
+hard-concrete L0 masks, the AT and VAT baselines, plain training, each supervised or
+semi-supervised; the paper's MNIST MLP; seconds per epoch; and a multiplicative attack."""
+
+from __future__ import annotations
+
+from harness.hookspecs import hookimpl
+from harness.registry import ComponentTable, RegisterFunction
+
+LABEL_BUDGET = {"labels": 0, "labeled_batch_size": 100, "unlabeled_batch_size": 250, "epochs": None}
+"""Semi-supervised training keeps ``labels`` labels (0: all), with the reference's MNIST batch
+sizes; ``epochs`` (passes over the training pool) overrides the model's."""
+HARD_CONCRETE = {"gamma": -0.1, "zeta": 1.1, "beta": 0.66}
+MASK = {"mode": "inductive", "l0_weight": 1.0, "lr_a": None, **HARD_CONCRETE, "center": 0.5, **LABEL_BUDGET}
+
+
+@hookimpl
+def register_models(register: RegisterFunction) -> None:
+    register(
+        "mlp-bn",
+        "harness_xvat.models:BatchNormMLP",
+        params={
+            "hidden": [1200, 600, 300, 150], "affine": False, "epochs": 100, "batch_size": 100, "lr": 1e-3,
+            "lr_decay": 0.95, "weight_decay": 0.0,
+        },
+        description="the xVAT paper's MNIST MLP (784-1200-600-300-150-10): linear, batch norm, ReLU; Adam, "
+        "learning rate x0.95 per epoch; hidden [1200, 1200] is the reference's semi-supervised MLP",
+    )
+
+
+@hookimpl
+def register_defenses(register: RegisterFunction) -> None:
+    register(
+        "mle",
+        "harness_xvat.defenses:PlainTraining",
+        params=dict(LABEL_BUDGET),
+        description="plain training (the paper's MLE baseline) on the labels kept, with seconds per epoch",
+    )
+    register(
+        "at",
+        "harness_xvat.defenses:AdversarialTraining",
+        params={"attack": ComponentTable("attack", {"name": "fgsm", "norm": "linf", "eps": 0.1}), "weight": 0.5,
+                **LABEL_BUDGET},
+        description="adversarial training (Goodfellow et al.): (1 - weight) * loss + weight * loss on the inner "
+        "attack's examples (FGSM or PGD, Linf or L2) of the labelled batch",
+    )
+    register(
+        "vat",
+        "harness_xvat.defenses:VirtualAdversarialTraining",
+        params={"eps": 2.0, "xi": 1e-6, "iterations": 1, "weight": 1.0, **LABEL_BUDGET},
+        description="virtual adversarial training (Miyato et al.): loss + weight * KL to the input moved eps "
+        "along the power-iteration direction (xi, iterations), on the unlabelled batch",
+    )
+    register(
+        "xat",
+        "harness_xvat.defenses:MultiplicativeAdversarialTraining",
+        params={"eps": 1.0, "weight": 0.5, "distance": "kl", **MASK},
+        choices={"mode": ("inductive", "transductive"), "distance": ("kl", "ce")},
+        description="multiplicative adversarial training: (1 - weight) * loss + weight * distance to the "
+        "hard-concrete-masked labelled batch + l0_weight * L0; the mask trained by ascent in the same step",
+    )
+    register(
+        "xvat",
+        "harness_xvat.defenses:MultiplicativeVirtualAdversarialTraining",
+        params={"eps": 2.0, "weight": 1.0, **MASK},
+        choices={"mode": ("inductive", "transductive")},
+        description="multiplicative virtual adversarial training: loss + weight * KL of the hard-concrete-masked "
+        "unlabelled batch + l0_weight * L0; the mask (generator or per-example) trained by ascent in the same step",
+    )
+
+
+@hookimpl
+def register_attacks(register: RegisterFunction) -> None:
+    register(
+        "mask-erasure",
+        "harness_xvat.attacks:MaskErasure",
+        params={"norm": "l0", "center": 0.0, "max_pixels": 100, "per_step": 1},
+        choices={"norm": ("l0",)},
+        description="greedy minimal multiplicative mask: erases (sets to center) the pixels that raise the loss "
+        "most until the prediction changes; its norm is the number of erased pixels",
+    )
+
+
+@hookimpl
+def register_metrics(register: RegisterFunction) -> None:
+    register(
+        "seconds-per-epoch",
+        "harness_xvat.metrics:SecondsPerEpoch",
+        higher_is_better=False,
+        description="mean seconds per training epoch of the models trained by this plugin's defenses",
+    )

@@ -1,0 +1,54 @@
+"""The divergences and the virtual adversarial direction that VAT and xVAT regularise with, and
+the forward passes that leave batch-norm statistics alone (the reference's ``update_batch_stats=False``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def batch_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """Inside the block a training-mode forward normalises with the batch's own statistics but
+    does not fold them into the running ones: perturbed and unlabelled batches must not shift the
+    statistics the model is evaluated with."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for module in norms:
+        module.track_running_stats = False
+    try:
+        yield
+    finally:
+        for module in norms:
+            module.track_running_stats = True
+
+
+def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per sample, from log-probabilities (B, K)."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def normalised(d: torch.Tensor) -> torch.Tensor:
+    """Per-sample unit L2 norm, as the official VAT code computes it: divide by the largest
+    entry first so that tiny gradients do not underflow."""
+    shape = (-1,) + (1,) * (d.dim() - 1)
+    d = d / (1e-12 + d.flatten(1).abs().amax(dim=1).view(shape))
+    return d / torch.sqrt(1e-6 + d.flatten(1).square().sum(dim=1)).view(shape)
+
+
+def virtual_adversarial_direction(
+    logits: Logits, x: torch.Tensor, log_p: torch.Tensor, xi: float, iterations: int, generator: torch.Generator
+) -> torch.Tensor:
+    """The unit direction in which KL(p(.|x) || p(.|x + r)) grows fastest, by ``iterations``
+    power iterations from a Gaussian start with finite difference ``xi`` (Miyato et al.).
+    ``log_p`` is the clean prediction, held fixed. Only ``d`` gets gradients, never the weights."""
+    d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    for _ in range(iterations):
+        d = (xi * normalised(d)).requires_grad_()
+        distance = kl_divergence(log_p, torch.log_softmax(logits(x + d), dim=1)).mean()
+        (d,) = torch.autograd.grad(distance, d)
+    return normalised(d)

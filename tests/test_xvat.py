@@ -1,0 +1,388 @@
+"""The xVAT plugin: the hard-concrete mask, the mask's ascent, the VAT direction, the label budget,
+the defenses on tiny models, the mask-erasure attack and the seconds-per-epoch metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from harness.contracts import Batch, TrainingSettings, TrainingState
+from harness.leaderboard import read_leaderboard
+from harness.testing import (
+    check_attack,
+    check_defense,
+    check_metric,
+    check_model,
+    make_context,
+    outcome_of,
+    reference_builder,
+    reference_classifier,
+    tiny_digits,
+)
+from harness.training import make_optimizer, seed_everything
+from harness_xvat.attacks import MaskErasure
+from harness_xvat.defenses import (
+    AdversarialTraining,
+    MultiplicativeAdversarialTraining,
+    MultiplicativeVirtualAdversarialTraining,
+    PlainTraining,
+    VirtualAdversarialTraining,
+)
+from harness_xvat.divergence import batch_stats_frozen, kl_divergence, normalised, virtual_adversarial_direction
+from harness_xvat.loop import CLOCK, balanced_labels
+from harness_xvat.masks import HardConcrete, MaskGenerator, apply_mask
+from harness_xvat.metrics import SecondsPerEpoch
+from harness_xvat.models import BatchNormMLP
+
+LEADERBOARDS = Path(__file__).parents[1] / "leaderboards"
+BUDGET = {"labels": 0, "labeled_batch_size": 16, "unlabeled_batch_size": 32, "epochs": None}
+MASK = {"mode": "inductive", "l0_weight": 1.0, "lr_a": None, "gamma": -0.1, "zeta": 1.1, "beta": 0.66, "center": 0.5}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_digits(n_train=200, n_test=40)
+
+
+def tiny_mlp(data, epochs: int = 2) -> BatchNormMLP:
+    return BatchNormMLP(
+        data.input_shape, data.num_classes, hidden=[32, 16], affine=False, lr_decay=0.9, epochs=epochs, batch_size=32,
+        lr=1e-3,
+    )
+
+
+def state_for(model, data) -> TrainingState:
+    ctx = make_context(0)
+    settings = model.training_settings()
+    optimizer = make_optimizer(settings, list(model.parameters()))
+    return TrainingState(model, data, ctx, settings, optimizer, data.x_train, data.y_train)
+
+
+# --- the hard-concrete mask -------------------------------------------------------------------
+
+
+def test_mask_lies_in_unit_interval_and_is_exactly_zero_or_one_with_positive_probability():
+    concrete = HardConcrete()
+    mask = concrete.sample(torch.zeros(20_000), torch.Generator().manual_seed(0))
+    assert mask.min() >= 0 and mask.max() <= 1
+    exactly_zero, exactly_one = (mask == 0).float().mean().item(), (mask == 1).float().mean().item()
+    # with log-alpha 0 the stretched sigmoid leaves [0, 1] on both sides with probability
+    # sigmoid(beta * log(-gamma / zeta)), about 0.17 each
+    assert exactly_zero == pytest.approx(exactly_one, abs=0.02)
+    assert 0.13 < exactly_zero < 0.21
+    assert 0 < ((mask > 0) & (mask < 1)).float().mean().item() < 1
+
+
+def test_l0_term_is_the_probability_of_a_nonzero_mask_and_grows_with_log_alpha():
+    concrete = HardConcrete()
+    log_alphas = torch.linspace(-6, 6, 25)
+    l0 = torch.stack([concrete.l0(value.expand(4, 1, 3, 3)) for value in log_alphas])
+    assert (l0.diff() > 0).all()
+    for value in (-2.0, 0.0, 2.0):
+        sampled = concrete.sample(torch.full((40_000,), value), torch.Generator().manual_seed(1))
+        assert (sampled != 0).float().mean().item() == pytest.approx(concrete.l0(torch.tensor([value])).item(), abs=0.01)
+
+
+def test_mask_mode_is_deterministic_and_parameters_are_checked():
+    concrete = HardConcrete()
+    log_alpha = torch.tensor([-10.0, 0.0, 10.0])
+    assert torch.equal(concrete.mode(log_alpha), concrete.mode(log_alpha))
+    assert concrete.mode(log_alpha)[0] == 0 and concrete.mode(log_alpha)[2] == 1
+    with pytest.raises(ValueError, match="gamma < 0"):
+        HardConcrete(gamma=0.1)
+
+
+def test_a_mask_scales_around_center_on_every_channel():
+    x = torch.rand(2, 3, 4, 4)
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, 0, 0] = 1
+    masked = apply_mask(x, mask, eps=2.0, center=0.5)
+    assert torch.allclose(masked[:, :, 0, 0], 0.5 + 2 * (x[:, :, 0, 0] - 0.5))
+    assert (masked[:, :, 1:, :] == 0.5).all()
+    generator = MaskGenerator(3)
+    assert generator(x).shape == (2, 1, 4, 4) and (generator.conv.bias == 0).all()
+
+
+# --- the mask's ascent --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["inductive", "transductive"])
+def test_the_mask_is_updated_by_ascent_on_the_regulariser(data, mode):
+    """One loop step: the classifier descends, the mask's parameters ascend on weight * KL + l0_weight * L0."""
+    seed_everything(0)
+    model = tiny_mlp(data)
+    defense = MultiplicativeVirtualAdversarialTraining(eps=2.0, weight=1.0, **{**MASK, "mode": mode, "lr_a": 0.05}, **BUDGET)
+    model = defense.prepare(model)
+    state = state_for(model, data)
+    defense.training_started(state)
+    model.train()
+    batch = defense.prepare_batch(state, Batch(data.x_train[:32], data.y_train[:32], torch.arange(32)))
+
+    def regulariser(noise_seed: int) -> torch.Tensor:
+        defense.random.manual_seed(noise_seed)
+        return defense.regularise(state, batch, batch, torch.zeros(()))
+
+    before = [p.detach().clone() for p in defense.log_alpha.parameters()]
+    reg = regulariser(7)
+    reg.backward()
+    gradients = [p.grad.clone() for p in defense.log_alpha.parameters()]
+    with torch.no_grad():
+        value_before = regulariser(7).item()
+    defense.prepare_batch(state, batch)  # the next step's first act: the pending ascent step
+    after = [p.detach() for p in defense.log_alpha.parameters()]
+    for old, new, gradient in zip(before, after, gradients):
+        moved = gradient != 0
+        assert moved.any()
+        # Adam's first step moves every coordinate by lr along the sign of the (ascent) gradient
+        assert ((new - old)[moved] * gradient[moved] > 0).all()
+        assert all(p.grad is None for p in defense.log_alpha.parameters())
+    with torch.no_grad():
+        assert regulariser(7).item() > value_before
+
+
+def test_the_reference_xat_quirk_is_reproduced_with_lr_a_zero(data):
+    seed_everything(0)
+    defense = MultiplicativeAdversarialTraining(distance="kl", eps=1.0, weight=0.5, **{**MASK, "lr_a": 0.0}, **BUDGET)
+    model = defense.prepare(tiny_mlp(data, epochs=1))
+    captured = {}
+    original = defense.training_started
+
+    def keep_generator(state):
+        original(state)
+        captured["start"] = [p.detach().clone() for p in defense.log_alpha.parameters()]
+
+    defense.training_started = keep_generator
+    defense.train(model, data, make_context(0))
+    assert defense.ascent is None
+    assert all(torch.equal(a, b) for a, b in zip(captured["start"], defense.log_alpha.parameters()))
+
+
+# --- VAT ------------------------------------------------------------------------------------------
+
+
+def test_vat_direction_matches_a_finite_difference_gradient_of_the_kl():
+    """One power iteration is the normalised gradient of KL(p(x) || p(x + r)) at r = xi * d0."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.rand(5, 1, 2, 3, dtype=torch.float64)
+    log_p = torch.log_softmax(net(x), dim=1).detach()
+    xi = 1e-3
+    direction = virtual_adversarial_direction(net, x, log_p, xi, 1, torch.Generator().manual_seed(3))
+    start = xi * normalised(torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+
+    def kl_at(r: torch.Tensor) -> torch.Tensor:
+        return kl_divergence(log_p, torch.log_softmax(net(x + r), dim=1))
+
+    h = 1e-7
+    numeric = torch.zeros_like(x)
+    for index in np.ndindex(*x.shape[1:]):
+        step = torch.zeros_like(x)
+        step[(slice(None), *index)] = h
+        numeric[(slice(None), *index)] = (kl_at(start + step) - kl_at(start - step)) / (2 * h)
+    expected = numeric / numeric.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    cosine = (direction.flatten(1) * expected.flatten(1)).sum(dim=1) / direction.flatten(1).norm(dim=1)
+    assert (cosine > 0.9999).all(), cosine
+    assert torch.allclose(direction.flatten(1).norm(dim=1), torch.ones(5, dtype=torch.float64), atol=1e-5)
+
+
+def test_power_iterations_find_the_direction_the_kl_grows_fastest():
+    """Many iterations converge to the top eigenvector of the KL's Hessian: its KL at a small
+    radius beats random directions'."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 4)).double()
+    x = torch.rand(3, 1, 2, 3, dtype=torch.float64)
+    log_p = torch.log_softmax(net(x), dim=1).detach()
+    d = virtual_adversarial_direction(net, x, log_p, 1e-4, 30, torch.Generator().manual_seed(0))
+    radius = 1e-2
+
+    def kl_along(direction):
+        return kl_divergence(log_p, torch.log_softmax(net(x + radius * direction), dim=1))
+
+    best = kl_along(d)
+    for seed in range(50):
+        random = normalised(torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64))
+        assert (kl_along(random) <= best * (1 + 1e-6)).all()
+
+
+def test_regulariser_forwards_leave_the_batch_norm_statistics_alone(data):
+    seed_everything(0)
+    model = tiny_mlp(data).train()
+    norm = model.net[2]
+    running = norm.running_mean.clone(), norm.running_var.clone(), norm.num_batches_tracked.clone()
+    with batch_stats_frozen(model):
+        model.logits(data.x_train[:32])
+    assert all(torch.equal(a, b) for a, b in zip(running, (norm.running_mean, norm.running_var, norm.num_batches_tracked)))
+    assert norm.track_running_stats
+    model.logits(data.x_train[:32])
+    assert not torch.equal(running[0], norm.running_mean)
+
+
+# --- the label budget ---------------------------------------------------------------------------
+
+
+def test_semi_supervised_split_keeps_exactly_n_labels_balanced_and_fixed_per_seed(data):
+    chosen = balanced_labels(data.y_train, 50, 10, seed=3)
+    assert len(chosen) == 50 and len(set(chosen.tolist())) == 50
+    assert torch.bincount(data.y_train[chosen], minlength=10).tolist() == [5] * 10
+    assert torch.equal(chosen, balanced_labels(data.y_train, 50, 10, seed=3))
+    assert not torch.equal(chosen, balanced_labels(data.y_train, 50, 10, seed=4))
+    uneven = torch.bincount(data.y_train[balanced_labels(data.y_train, 23, 10, seed=0)], minlength=10)
+    assert uneven.sum() == 23 and uneven.max() - uneven.min() == 1
+    with pytest.raises(ValueError, match="at least the number of classes"):
+        balanced_labels(data.y_train, 5, 10, seed=0)
+    with pytest.raises(ValueError, match="examples of class"):
+        balanced_labels(data.y_train, 1000, 10, seed=0)
+
+
+def test_with_a_label_budget_the_model_loss_sees_only_the_kept_labels_and_the_regulariser_the_pool(data):
+    class Spy(BatchNormMLP):
+        seen: list[torch.Tensor] = []
+
+        def loss(self, x, y, state):
+            Spy.seen.append(state.batch.index.clone())
+            return super().loss(x, y, state)
+
+    defense = VirtualAdversarialTraining(eps=0.3, xi=1e-6, iterations=1, weight=1.0, **{**BUDGET, "labels": 20})
+    pool_batches = []
+    original = defense.regularise
+
+    def spy_regularise(state, labeled, unlabeled, loss):
+        pool_batches.append(unlabeled.index.clone())
+        return original(state, labeled, unlabeled, loss)
+
+    defense.regularise = spy_regularise
+    seed_everything(0)
+    model = defense.prepare(Spy(data.input_shape, 10, hidden=[16], affine=False, lr_decay=1.0, epochs=2, batch_size=8, lr=1e-3))
+    defense.train(model, data, make_context(5))
+    kept = set(balanced_labels(data.y_train, 20, 10, seed=5).tolist())
+    assert set(torch.cat(Spy.seen).tolist()) == kept
+    assert all(len(index) == 16 for index in Spy.seen)
+    # two passes over the 200-image pool in batches of 32 (the defense's, not the model's 8)
+    assert len(pool_batches) == 2 * 7 and sorted(torch.cat(pool_batches[:7]).tolist()) == list(range(200))
+
+
+# --- the defenses, end to end ------------------------------------------------------------------
+
+DEFENSES = {
+    "mle": lambda: PlainTraining(**BUDGET),
+    "at": lambda: AdversarialTraining(attack={"name": "fgsm", "norm": "linf", "eps": 0.1}, weight=0.5, **BUDGET),
+    "vat": lambda: VirtualAdversarialTraining(eps=1.0, xi=1e-6, iterations=1, weight=1.0, **BUDGET),
+    "xat": lambda: MultiplicativeAdversarialTraining(distance="ce", eps=1.0, weight=0.5, **MASK, **BUDGET),
+    "xvat": lambda: MultiplicativeVirtualAdversarialTraining(eps=2.0, weight=1.0, **MASK, **BUDGET),
+    "xvat-transductive": lambda: MultiplicativeVirtualAdversarialTraining(
+        eps=2.0, weight=1.0, **{**MASK, "mode": "transductive"}, **BUDGET
+    ),
+    "vat-semi": lambda: VirtualAdversarialTraining(eps=1.0, xi=1e-6, iterations=1, weight=1.0, **{**BUDGET, "labels": 30}),
+}
+
+
+@pytest.mark.parametrize("name", DEFENSES)
+def test_each_defense_passes_the_contract_kit_and_records_its_epoch_time(data, name):
+    trained = check_defense(DEFENSES[name](), reference_builder(data), data)
+    assert float(getattr(trained, CLOCK)()) > 0
+    assert CLOCK in trained.capabilities
+
+
+def test_the_regulariser_changes_what_the_model_learns(data):
+    """Same seed, same batches: VAT and xVAT train other weights than plain training."""
+    weights = {}
+    for name in ("mle", "vat", "xvat"):
+        seed_everything(0)
+        defense = DEFENSES[name]()
+        model = defense.prepare(tiny_mlp(data))
+        defense.train(model, data, make_context(0))
+        weights[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert not torch.allclose(weights["mle"], weights["vat"])
+    assert not torch.allclose(weights["mle"], weights["xvat"])
+
+
+def test_mlp_bn_is_the_papers_network_and_passes_the_contract_kit(data):
+    paper = BatchNormMLP((1, 28, 28), 10, hidden=[1200, 600, 300, 150], affine=False, lr_decay=0.95, epochs=1,
+                         batch_size=100, lr=1e-3)
+    linear = [m for m in paper.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(784, 1200), (1200, 600), (600, 300), (300, 150), (150, 10)]
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in paper.modules()) == 4
+    assert paper.training_settings().lr_decay_epochs == 1
+    check_model(lambda: tiny_mlp(data), data)
+
+
+def test_epoch_learning_rate_decay_and_its_conflict_with_step_decay(data):
+    seed_everything(0)
+    model = tiny_mlp(data, epochs=3)
+    rates = []
+
+    class Watch(PlainTraining):
+        def epoch_finished(self, state):
+            rates.append(state.optimizer.param_groups[0]["lr"])
+
+    watch = Watch(**BUDGET)
+    watch.train(watch.prepare(model), data, make_context(0))
+    assert rates == pytest.approx([1e-3 * 0.9, 1e-3 * 0.81, 1e-3 * 0.729])
+    from dataclasses import replace
+
+    from harness.training import fit
+
+    both = replace(model.training_settings(), lr_decay_steps=2)
+    with pytest.raises(ValueError, match="not both"):
+        fit(model, data, make_context(0), settings=both)
+    assert isinstance(both, TrainingSettings)
+
+
+# --- the mask-erasure attack and the clock metric ------------------------------------------------
+
+
+def test_mask_erasure_passes_the_contract_kit(data):
+    model = reference_classifier(data)
+    check_attack(MaskErasure(norm="l0", center=0.0, max_pixels=6, per_step=2), model, data.x_test[:10], data.y_test[:10])
+
+
+def test_mask_erasure_finds_minimal_greedy_masks(data):
+    model = reference_classifier(data)
+    attack = MaskErasure(norm="l0", center=0.0, max_pixels=64, per_step=1)
+    x, y = data.x_test, data.y_test
+    outcome = attack.run(model, x, y, None, torch.Generator().manual_seed(0))
+    changed = (outcome.x_adv != x).flatten(1)
+    # only erasures: a changed pixel is black, and its count is the norm
+    assert (outcome.x_adv.flatten(1)[changed] == 0).all()
+    assert torch.equal(changed.sum(dim=1).double(), outcome.norms)
+    predictions = model.predict(outcome.x_adv)
+    clean = model.predict(x)
+    broken = predictions != y
+    assert (outcome.norms[clean != y] == 0).all()
+    assert broken.float().mean() > 0.9
+    # minimal along its greedy path: the budget one pixel smaller still classifies correctly
+    at_budget = outcome_of(attack, model, x, y, eps=float(outcome.norms[broken & (clean == y)].min()))
+    assert at_budget.robust.sum() < (clean == y).sum()
+
+
+def test_seconds_per_epoch_metric_reads_the_clock(data):
+    defense = DEFENSES["mle"]()
+    seed_everything(0)
+    model = defense.prepare(tiny_mlp(data))
+    defense.train(model, data, make_context(0))
+    attack = MaskErasure(norm="l0", center=0.0, max_pixels=4, per_step=1)
+    outcome = outcome_of(attack, model, data.x_test[:8], data.y_test[:8], eps=4)
+    value = check_metric(SecondsPerEpoch(), model, [outcome])
+    assert value == pytest.approx(float(model.epoch_clock())) and value > 0
+
+
+@pytest.mark.slow
+def test_small_xvat_suite_runs_and_reuses_its_models(cli, tmp_path):
+    """The CI suite: every defense trains once, supervised and with a label budget; a second run
+    loads every model from the cache."""
+    suite = LEADERBOARDS / "xvat-small.toml"
+    output = tmp_path / "xvat-small.csv"
+    code, _, err = cli("run", suite, "--output", output)
+    assert code == 0, err
+    rows = read_leaderboard(output)
+    assert set(rows["status"]) == {"ok"}, rows[rows["status"] != "ok"]["message"].tolist()
+    assert (rows["metric_seconds-per-epoch"] > 0).all()
+    code, _, err = cli("run", suite, "--output", tmp_path / "again.csv", "--force")
+    assert code == 0, err
+    again = read_leaderboard(tmp_path / "again.csv")
+    assert again["train_seconds"].equals(rows["train_seconds"])
+    assert again["metric_seconds-per-epoch"].equals(rows["metric_seconds-per-epoch"])
