@@ -82,3 +82,15 @@ def run_harness(tmp_path: Path, *args, extra_env: dict[str, str] | None = None, 
         text=True,
         **kwargs,
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's benchmarks: a ratio of two timings should measure the
+    algorithms, not intra-op parallelism, which is erratic when the cores are busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -34,11 +34,9 @@ MEDIANS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def setup():
-    # One thread for both: the ratio measures batching, not intra-op parallelism, and the image-by-image
-    # loop of tiny operations is erratic under OpenMP when the cores are busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def setup(one_thread):
+    # One thread for both: the ratio measures batching, and the image-by-image loop of tiny
+    # operations is erratic under OpenMP when the cores are busy.
     seed_everything(0)
     data = load_digits(Path("."), size=28, test_size=500)
     model = SCAE((1, 28, 28), 10, preset="small", head=HEAD)
@@ -48,8 +46,7 @@ def setup():
     model.eval()
     x = data.x_test[:IMAGES].contiguous()
     initial = torch.rand(SETTINGS["outer"], *x.shape, generator=torch.Generator().manual_seed(0))
-    yield model, x, model.predict(x), initial
-    torch.set_num_threads(threads)
+    return model, x, model.predict(x), initial
 
 
 def batched(model, x, y, initial) -> EvasionResult:
