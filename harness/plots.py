@@ -360,7 +360,7 @@ def _save(figure: Figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     try:
-        figure.savefig(path, dpi=DPI)
+        figure.savefig(path, dpi=DPI, bbox_inches="tight")  # a wide legend widens the image, never clipped
     finally:
         plt.close(figure)
     return path
