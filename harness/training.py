@@ -49,10 +49,11 @@ def warm_up() -> None:
     global _warmed_up
     if _warmed_up:
         return
-    layer = torch.nn.Linear(8, 2)
-    optimizer = torch.optim.Adam(layer.parameters())
-    layer(torch.ones(4, 8)).square().mean().backward()
-    optimizer.step()
+    with preserved_rng():  # the first model of a process must draw the same numbers as the others
+        layer = torch.nn.Linear(8, 2)
+        optimizer = torch.optim.Adam(layer.parameters())
+        layer(torch.ones(4, 8)).square().mean().backward()
+        optimizer.step()
     _warmed_up = True
 
 

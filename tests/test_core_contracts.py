@@ -532,3 +532,17 @@ def test_earlier_training_forms_still_work():
     with pytest.warns(DeprecationWarning, match="fit_minibatches is deprecated"):
         trained = check_defense(EarlierAdversarialTraining(), EarlierModel, data)
     assert (trained.predict(data.x_test) == data.y_test).double().mean() > 0.7
+
+
+def test_the_one_off_warm_up_leaves_the_random_streams_alone(monkeypatch):
+    """Otherwise the first model trained in a process draws other dropout masks than the same model
+    trained later (after a resume, or beside another defense)."""
+    from harness import training
+
+    monkeypatch.setattr(training, "_warmed_up", False)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    training.warm_up()
+    assert training._warmed_up
+    assert torch.equal(torch.rand(3), expected)
