@@ -84,7 +84,8 @@ def test_l0_term_is_the_probability_of_a_nonzero_mask_and_grows_with_log_alpha()
     assert (l0.diff() > 0).all()
     for value in (-2.0, 0.0, 2.0):
         sampled = concrete.sample(torch.full((40_000,), value), torch.Generator().manual_seed(1))
-        assert (sampled != 0).float().mean().item() == pytest.approx(concrete.l0(torch.tensor([value])).item(), abs=0.01)
+        expected = concrete.l0(torch.tensor([value])).item()
+        assert (sampled != 0).float().mean().item() == pytest.approx(expected, abs=0.01)
 
 
 def test_mask_mode_is_deterministic_and_parameters_are_checked():
@@ -115,7 +116,8 @@ def test_the_mask_is_updated_by_ascent_on_the_regulariser(data, mode):
     """One loop step: the classifier descends, the mask's parameters ascend on weight * KL + l0_weight * L0."""
     seed_everything(0)
     model = tiny_mlp(data)
-    defense = MultiplicativeVirtualAdversarialTraining(eps=2.0, weight=1.0, **{**MASK, "mode": mode, "lr_a": 0.05}, **BUDGET)
+    options = {**MASK, "mode": mode, "lr_a": 0.05}
+    defense = MultiplicativeVirtualAdversarialTraining(eps=2.0, weight=1.0, **options, **BUDGET)
     model = defense.prepare(model)
     state = state_for(model, data)
     defense.training_started(state)
@@ -204,7 +206,8 @@ def test_power_iterations_find_the_direction_the_kl_grows_fastest():
 
     best = kl_along(d)
     for seed in range(50):
-        random = normalised(torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64))
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64)
+        random = normalised(noise)
         assert (kl_along(random) <= best * (1 + 1e-6)).all()
 
 
@@ -215,7 +218,8 @@ def test_regulariser_forwards_leave_the_batch_norm_statistics_alone(data):
     running = norm.running_mean.clone(), norm.running_var.clone(), norm.num_batches_tracked.clone()
     with batch_stats_frozen(model):
         model.logits(data.x_train[:32])
-    assert all(torch.equal(a, b) for a, b in zip(running, (norm.running_mean, norm.running_var, norm.num_batches_tracked)))
+    after = norm.running_mean, norm.running_var, norm.num_batches_tracked
+    assert all(torch.equal(a, b) for a, b in zip(running, after))
     assert norm.track_running_stats
     model.logits(data.x_train[:32])
     assert not torch.equal(running[0], norm.running_mean)
@@ -256,7 +260,8 @@ def test_with_a_label_budget_the_model_loss_sees_only_the_kept_labels_and_the_re
 
     defense.regularise = spy_regularise
     seed_everything(0)
-    model = defense.prepare(Spy(data.input_shape, 10, hidden=[16], affine=False, lr_decay=1.0, epochs=2, batch_size=8, lr=1e-3))
+    spy = Spy(data.input_shape, 10, hidden=[16], affine=False, lr_decay=1.0, epochs=2, batch_size=8, lr=1e-3)
+    model = defense.prepare(spy)
     defense.train(model, data, make_context(5))
     kept = set(balanced_labels(data.y_train, 20, 10, seed=5).tolist())
     assert set(torch.cat(Spy.seen).tolist()) == kept
@@ -276,7 +281,9 @@ DEFENSES = {
     "xvat-transductive": lambda: MultiplicativeVirtualAdversarialTraining(
         eps=2.0, weight=1.0, **{**MASK, "mode": "transductive"}, **BUDGET
     ),
-    "vat-semi": lambda: VirtualAdversarialTraining(eps=1.0, xi=1e-6, iterations=1, weight=1.0, **{**BUDGET, "labels": 30}),
+    "vat-semi": lambda: VirtualAdversarialTraining(
+        eps=1.0, xi=1e-6, iterations=1, weight=1.0, **{**BUDGET, "labels": 30}
+    ),
 }
 
 
@@ -304,7 +311,8 @@ def test_mlp_bn_is_the_papers_network_and_passes_the_contract_kit(data):
     paper = BatchNormMLP((1, 28, 28), 10, hidden=[1200, 600, 300, 150], affine=False, lr_decay=0.95, epochs=1,
                          batch_size=100, lr=1e-3)
     linear = [m for m in paper.modules() if isinstance(m, nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linear] == [(784, 1200), (1200, 600), (600, 300), (300, 150), (150, 10)]
+    widths = [(784, 1200), (1200, 600), (600, 300), (300, 150), (150, 10)]
+    assert [(m.in_features, m.out_features) for m in linear] == widths
     assert sum(isinstance(m, nn.BatchNorm1d) for m in paper.modules()) == 4
     assert paper.training_settings().lr_decay_epochs == 1
     check_model(lambda: tiny_mlp(data), data)
@@ -337,7 +345,8 @@ def test_epoch_learning_rate_decay_and_its_conflict_with_step_decay(data):
 
 def test_mask_erasure_passes_the_contract_kit(data):
     model = reference_classifier(data)
-    check_attack(MaskErasure(norm="l0", center=0.0, max_pixels=6, per_step=2), model, data.x_test[:10], data.y_test[:10])
+    attack = MaskErasure(norm="l0", center=0.0, max_pixels=6, per_step=2)
+    check_attack(attack, model, data.x_test[:10], data.y_test[:10])
 
 
 def test_mask_erasure_finds_minimal_greedy_masks(data):
