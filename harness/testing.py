@@ -116,6 +116,18 @@ def make_context(
     )
 
 
+def training_state(
+    model: Model, data: Dataset, ctx: TrainContext | None = None, *, epoch: int = 0
+) -> TrainingState:
+    """The shared loop's state at ``epoch``, with the model's own settings and a fresh optimiser:
+    for testing a model's ``loss`` or a defense's hooks on one batch without running the loop."""
+    settings = model.training_settings()
+    optimizer = make_optimizer(settings, list(model.parameters()))
+    state = TrainingState(model, data, ctx or make_context(), settings, optimizer, data.x_train, data.y_train)
+    state.epoch = epoch
+    return state
+
+
 def check_dataset(data: Dataset) -> None:
     """Shapes (N, C, H, W), float32 in [0, 1], int64 labels in [0, num_classes), both splits non-empty."""
     assert isinstance(data, Dataset), f"expected a harness Dataset, got {type(data).__name__}"

@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from harness.contracts import TrainingState
-from harness.testing import check_attack, check_metric, check_model, make_context, outcome_of, tiny_digits
-from harness.training import make_optimizer, seed_everything
+from harness.testing import (
+    check_attack,
+    check_metric,
+    check_model,
+    make_context,
+    outcome_of,
+    tiny_digits,
+    training_state,
+)
+from harness.training import seed_everything
 from harness_dbp.attacks import LatentAttack, OutputAttack, choose_pairs
 from harness_dbp.gmm import ClassGMM
 from harness_dbp.metrics import AUDDC, ReconstructionGradient, ReconstructionLoss, auddc
@@ -57,21 +64,6 @@ def draw(data, attention, **overrides):
     )
 
 
-def state_for(model, data, epoch=0):
-    settings = model.training_settings()
-    state = TrainingState(
-        model,
-        data,
-        make_context(),
-        settings,
-        make_optimizer(settings, list(model.parameters())),
-        data.x_train,
-        data.y_train,
-    )
-    state.epoch = epoch
-    return state
-
-
 def loss_with_seed(model, x, y, state, seed=0):
     torch.manual_seed(seed)  # the same latent samples in every call
     return model.loss(x, y, state)
@@ -81,9 +73,9 @@ def test_dbp_penalty_is_the_squared_input_gradient_and_matches_finite_difference
     seed_everything(0)
     model = vae(data, dbp=1.0).double()
     x, y = data.x_train[:3].double(), data.y_train[:3]
-    penalised = loss_with_seed(model, x, y, state_for(model, data))
+    penalised = loss_with_seed(model, x, y, training_state(model, data))
     model.dbp = 0.0
-    plain = loss_with_seed(model, x, y, state_for(model, data))
+    plain = loss_with_seed(model, x, y, training_state(model, data))
 
     def reconstruction(images):
         torch.manual_seed(0)
@@ -114,10 +106,10 @@ def test_no_penalty_when_lambda2_is_zero_or_in_the_first_half_of_the_schedule(da
         model.reconstruction_loss(logits, x).mean()
         + 0.5 * (mean.square() + log_var.exp() - log_var - 1).sum(dim=1).mean()
     )
-    assert torch.allclose(loss_with_seed(model, x, y, state_for(model, data)), expected)
+    assert torch.allclose(loss_with_seed(model, x, y, training_state(model, data)), expected)
     scheduled = vae(data, dbp=5.0, dbp_schedule="half", epochs=10)
-    assert scheduled.dbp_weight(state_for(scheduled, data, epoch=4)) == 0.0
-    assert scheduled.dbp_weight(state_for(scheduled, data, epoch=5)) == 5.0
+    assert scheduled.dbp_weight(training_state(scheduled, data, epoch=4)) == 0.0
+    assert scheduled.dbp_weight(training_state(scheduled, data, epoch=5)) == 5.0
 
 
 @pytest.mark.parametrize("attention", [False, True])
@@ -129,7 +121,7 @@ def test_draw_shapes(data, attention):
     assert mean.shape == log_var.shape == (5, 2 * 2)
     assert logits.shape == (5, 64)
     assert model.reconstruct(data.x_test[:5]).shape == (5, *data.input_shape)
-    assert torch.isfinite(model.loss(data.x_test[:5], data.y_test[:5], state_for(model, data)))
+    assert torch.isfinite(model.loss(data.x_test[:5], data.y_test[:5], training_state(model, data)))
 
 
 @pytest.mark.parametrize("covariance", ["full", "diag"])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.contracts import LOGITS, Batch, TrainingSettings, TrainingState
+from harness.contracts import LOGITS, Batch, TrainingSettings
 from harness.leaderboard import read_leaderboard
-from harness.testing import check_attack, check_defense, check_model, make_context, tiny_digits
-from harness.training import make_optimizer, seed_everything
+from harness.testing import check_attack, check_defense, check_model, make_context, tiny_digits, training_state
+from harness.training import seed_everything
 from harness_scae.defenses import (
     AdversarialDistillation,
     AdversarialTraining,
@@ -41,12 +41,6 @@ def data():
 
 def small(data, head="posterior-kmeans", **overrides):
     return SCAE(data.input_shape, data.num_classes, preset="small", head=head, **overrides)
-
-
-def state_for(model, data):
-    settings = model.training_settings()
-    optimizer = make_optimizer(settings, list(model.parameters()))
-    return TrainingState(model, data, make_context(), settings, optimizer, data.x_train, data.y_train)
 
 
 def test_presets_follow_the_paper_and_every_value_can_be_overridden():
@@ -89,7 +83,7 @@ def test_shapes_and_finite_losses(data):
     assert ((encoding.prior >= 0) & (encoding.prior <= 1)).all()
     # each part's posterior over objects sums to at most 1 (the dummy takes the rest)
     assert (encoding.posterior.sum(dim=2) <= 1 + 1e-5).all()
-    state = state_for(model, data)
+    state = training_state(model, data)
     loss = model.loss(data.x_train[:7], data.y_train[:7], state)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert state.outputs["encoding"].prior.shape == (7, config.n_obj_caps)
@@ -116,7 +110,7 @@ def test_gradients_reach_the_input_through_the_template_rendering(data):
 def test_reconstruction_target_comes_from_the_batch(data):
     seed_everything(0)
     model = small(data).eval()
-    state = state_for(model, data)
+    state = training_state(model, data)
     x, y = data.x_train[:5], data.y_train[:5]
     state.batch = Batch(x, y, torch.arange(5))
     own = model.loss(x, y, state)
@@ -229,7 +223,7 @@ def test_adversarial_batches_reconstruct_the_clean_image_in_at_and_their_own_inp
         defense.schedule = list(defense.phases)
         defense.batches = 0
         defense.generator = lambda model, x, y: (x + 0.1).clamp(0, 1)
-        state = state_for(small(data), data)
+        state = training_state(small(data), data)
         batch = Batch(data.x_train[:4], data.y_train[:4], torch.arange(4))
         assert defense.prepare_batch(state, batch) is batch  # the first batch is clean (interval 1)
         seen[name] = defense.prepare_batch(state, batch)
@@ -244,7 +238,7 @@ def test_ntat_starts_from_the_teachers_weights(data):
     defense.schedule = [("train", 1)]
     student = small(data, epochs=1)
     ctx = make_context(0, teacher=lambda: teacher)
-    state = TrainingState(student, data, ctx, student.training_settings(), None, data.x_train, data.y_train)
+    state = training_state(student, data, ctx)
     defense.training_started(state)
     for (name, mine), theirs in zip(student.state_dict().items(), teacher.state_dict().values()):
         assert torch.equal(mine, theirs), name

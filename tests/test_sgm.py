@@ -11,8 +11,8 @@ from torch import nn
 
 from harness.contracts import StandardTraining, TrainingState
 from harness.leaderboard import read_leaderboard
-from harness.testing import check_defense, check_model, make_context, reference_builder, tiny_digits
-from harness.training import make_optimizer, seed_everything
+from harness.testing import check_defense, check_model, make_context, reference_builder, tiny_digits, training_state
+from harness.training import seed_everything
 from harness_sgm import defense as sgm
 from harness_sgm.defense import SmoothGradientMethod, input_gradient_step
 from harness_sgm.models import ConvolutionalNetwork, DeepNetwork
@@ -35,9 +35,7 @@ def trained_state(data) -> TrainingState:
     model = small_dnn(data, epochs=2)
     ctx = make_context(0)
     model.fit(data, ctx)
-    settings = model.training_settings()
-    optimizer = make_optimizer(settings, list(model.parameters()))
-    return TrainingState(model, data, ctx, settings, optimizer, data.x_train, data.y_train)
+    return training_state(model, data, ctx)
 
 
 def own_loss_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.contracts import Batch, TrainingSettings, TrainingState
+from harness.contracts import Batch, TrainingSettings
 from harness.leaderboard import read_leaderboard
 from harness.testing import (
     check_attack,
@@ -22,8 +22,9 @@ from harness.testing import (
     reference_builder,
     reference_classifier,
     tiny_digits,
+    training_state,
 )
-from harness.training import make_optimizer, seed_everything
+from harness.training import seed_everything
 from harness_xvat.attacks import MaskErasure
 from harness_xvat.defenses import (
     AdversarialTraining,
@@ -53,13 +54,6 @@ def tiny_mlp(data, epochs: int = 2) -> BatchNormMLP:
         data.input_shape, data.num_classes, hidden=[32, 16], affine=False, lr_decay=0.9, epochs=epochs, batch_size=32,
         lr=1e-3,
     )
-
-
-def state_for(model, data) -> TrainingState:
-    ctx = make_context(0)
-    settings = model.training_settings()
-    optimizer = make_optimizer(settings, list(model.parameters()))
-    return TrainingState(model, data, ctx, settings, optimizer, data.x_train, data.y_train)
 
 
 # --- the hard-concrete mask -------------------------------------------------------------------
@@ -119,7 +113,7 @@ def test_the_mask_is_updated_by_ascent_on_the_regulariser(data, mode):
     options = {**MASK, "mode": mode, "lr_a": 0.05}
     defense = MultiplicativeVirtualAdversarialTraining(eps=2.0, weight=1.0, **options, **BUDGET)
     model = defense.prepare(model)
-    state = state_for(model, data)
+    state = training_state(model, data)
     defense.training_started(state)
     model.train()
     batch = defense.prepare_batch(state, Batch(data.x_train[:32], data.y_train[:32], torch.arange(32)))
