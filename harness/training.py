@@ -92,11 +92,10 @@ def fit(
     optimizer = make_optimizer(settings, list(model.parameters()))
     if settings.lr_decay_steps and settings.lr_decay_epochs:
         raise ValueError("give lr_decay_steps or lr_decay_epochs, not both")
-    step_scheduler = epoch_scheduler = None
-    if settings.lr_decay_steps:
-        step_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings.lr_decay_steps, gamma=settings.lr_decay)
-    if settings.lr_decay_epochs:
-        epoch_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings.lr_decay_epochs, gamma=settings.lr_decay)
+    decay_every = settings.lr_decay_steps or settings.lr_decay_epochs
+    scheduler = None
+    if decay_every:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, decay_every, gamma=settings.lr_decay)
     generator = torch.Generator().manual_seed(ctx.seed)
     state = TrainingState(model, data, ctx, settings, optimizer, data.x_train, data.y_train)
     for hook in hooks:
@@ -119,11 +118,11 @@ def fit(
             loss.backward()
             clip_gradients(model, settings)
             optimizer.step()
-            if step_scheduler is not None:
-                step_scheduler.step()
+            if scheduler is not None and settings.lr_decay_steps:
+                scheduler.step()
             state.step += 1
-        if epoch_scheduler is not None:
-            epoch_scheduler.step()
+        if scheduler is not None and settings.lr_decay_epochs:
+            scheduler.step()
         for hook in hooks:
             hook.epoch_finished(state)
     for hook in hooks:
