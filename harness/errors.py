@@ -25,6 +25,19 @@ class ValidationError(UsageError):
         super().__init__(f"{source}: {len(problems)} {noun}: " + "; ".join(problems))
 
 
+class OutputError(HarnessError):
+    """A file the harness must write cannot be written (a missing or read-only folder, a full
+    disk, a name that is a folder or too long); what was written before is kept."""
+
+    exit_code = 2
+
+
+class BusyError(HarnessError):
+    """Another run holds the lock of the leaderboard this run would write."""
+
+    exit_code = 2
+
+
 class PluginError(HarnessError):
     """A plugin registered a component badly (twice, or an attack without a norm); raised into the
     plugin's registration hook, it disables that plugin."""

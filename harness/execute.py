@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import platform
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,10 +55,20 @@ T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``), or a
+    clear error when it is unknown or absent, for the Python API as for the command line."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but torch sees no CUDA device")
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for, but torch sees no CUDA device")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA devices")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps was asked for, but torch sees no MPS device")
     return torch.device(name)
 
 
@@ -142,6 +153,8 @@ class TrainedModel:
     y: torch.Tensor
     draws: int
     clean_pred: torch.Tensor
+    note: str = ""
+    """What every row of the model says in its message (an ``n_samples`` cut to the test split)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,7 @@ class Workspace:
     progress: Progress
     warn: Callable[[str], None]
     _datasets: dict[str, Dataset] = field(default_factory=dict)
+    _cut_warned: set[str] = field(default_factory=set)
 
     def dataset(self, entry: Entry) -> Dataset:
         key = config_hash(entry.config)
@@ -210,9 +224,15 @@ class Workspace:
         model.to(self.device).eval()
         self._fit_head(cell, model, data, ctx, head)
         x, y = data.x_test[: cell.n_samples], data.y_test[: cell.n_samples]
+        note = ""
+        if len(x) < cell.n_samples:
+            note = f"n_samples {cell.n_samples} asked, but the test split holds {len(x)}: all {len(x)} attacked"
+            if cell.dataset.label not in self._cut_warned:
+                self._cut_warned.add(cell.dataset.label)
+                self.warn(f"dataset '{cell.dataset.label}': {note}")
         draws = cell.draws if model.stochastic else 1
         clean = self.predictions(model, x, draws, cell.model_key)
-        return TrainedModel(model, train_seconds, x, y, draws, clean)
+        return TrainedModel(model, train_seconds, x, y, draws, clean, note)
 
     def _load_backbone(self, cell: Cell, model: Model, head: set[str]) -> float | None:
         entry = self.cache.load("models", cell.training_key, cell.training_config)
@@ -288,35 +308,43 @@ class Workspace:
 
     def attack_run(self, trained: TrainedModel, attack: Attack, cell: Cell, label: str) -> AttackRun:
         """The attack's run for this cell (all eps at once for a minimal-norm attack), from the
-        cache or computed, with every batch checked against the threat model."""
+        cache or computed, with every batch checked against the threat model (a cached run as a
+        fresh one, by :func:`_checked_norms`: an over-budget entry fails the cell all the same)."""
         minimal = attack.minimal_norm
         key, config = cell.run_key(minimal), cell.run_config(minimal)
+        eps = None if minimal else cell.eps
+        batches = list(zip(trained.x.split(self.batch_size), trained.y.split(self.batch_size)))
         entry = self.cache.load("attacks", key, config)
         if entry is not None:
             tensors = dict(entry.tensors)
             x_adv, norms = tensors.pop("x_adv"), tensors.pop("norms")
+            if x_adv.shape != trained.x.shape:
+                raise ValueError(
+                    f"attack '{label}' (plugin '{cell.attack.component.plugin}') returned {tuple(x_adv.shape)} "
+                    f"for inputs {tuple(trained.x.shape)}"
+                )
+            checked = []
+            for (x, _), adv, measured in zip(batches, x_adv.split(self.batch_size), norms.split(self.batch_size)):
+                x, adv, measured = x.to(self.device), adv.to(self.device), measured.to(self.device)
+                checked.append(_checked_norms(attack, x, adv, measured, eps, cell, label).cpu())
+            norms = torch.cat(checked) if checked else norms
             return AttackRun(x_adv, norms, tensors, dict(entry.meta["scalars"]), float(entry.meta["seconds"]))
-        eps = None if minimal else cell.eps
         seed = seed_of(key)
         seed_everything(seed)  # for attacks that draw from the global generators (ART)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         outcomes: list[AttackOutcome] = []
-        batches = list(zip(trained.x.split(self.batch_size), trained.y.split(self.batch_size)))
         started = time.perf_counter()
         for x, y in self.progress(batches, f"attack {cell.describe()}") if len(batches) > 1 else batches:
             x, y = x.to(self.device), y.to(self.device)
             outcome = attack.run(trained.model, x, y, eps, generator)
-            norms = perturbation_norms(outcome.x_adv - x, attack.norm) if attack.norm in NORMS else outcome.norms
-            problem = budget_violation(outcome.x_adv, norms, attack.norm, eps)
-            if problem:
-                plugin = cell.attack.component.plugin
-                raise ValueError(f"attack '{label}' (plugin '{plugin}') {problem}")
+            norms = _checked_norms(attack, x, outcome.x_adv, outcome.norms, eps, cell, label)
             outcomes.append(dataclasses.replace(outcome, norms=norms))
         seconds = time.perf_counter() - started
         run = _concatenated(outcomes, seconds)
         self.cache.save(
-            "attacks", key, config, {"x_adv": run.x_adv, "norms": run.norms, **run.extras}, scalars=run.scalars, seconds=seconds
-        )
+            "attacks", key, config, {"x_adv": run.x_adv, "norms": run.norms, **run.extras},
+            scalars=run.scalars, seconds=seconds,
+        )  # fmt: skip
         return run
 
     def outcome(self, trained: TrainedModel, run: AttackRun, cell: Cell, norm: str, minimal: bool) -> CellOutcome:
@@ -360,6 +388,21 @@ def cell_outcome(
         extras=dict(run.extras),
         scalars=dict(run.scalars),
     )
+
+
+def _checked_norms(
+    attack: Attack, x: torch.Tensor, x_adv: torch.Tensor, norms: torch.Tensor, eps: float | None, cell: Cell, label: str
+) -> torch.Tensor:
+    """A batch's per-sample perturbation norms, measured from ``x_adv - x`` for the harness's norms
+    (an attack's own ``norms`` are kept for a plugin-defined norm), once the batch is checked
+    against the threat model (:func:`budget_violation`). The one check of fresh and cached runs;
+    a violation raises :class:`ValueError` naming the attack and its plugin."""
+    if attack.norm in NORMS:
+        norms = perturbation_norms(x_adv - x, attack.norm)
+    problem = budget_violation(x_adv, norms, attack.norm, eps)
+    if problem:
+        raise ValueError(f"attack '{label}' (plugin '{cell.attack.component.plugin}') {problem}")
+    return norms
 
 
 def _concatenated(outcomes: Sequence[AttackOutcome], seconds: float) -> AttackRun:
@@ -456,7 +499,8 @@ def _compute_sweep(
                 **{f"metric_{name}": value for name, value in run.scalars.items()},
                 **values,
             }
-            result = CellResult(cell, "ok", "; ".join(problems), measurements, outcome_frame(cell.cell_id, outcome))
+            message = "; ".join(filter(None, [trained.note, *problems]))
+            result = CellResult(cell, "ok", message, measurements, outcome_frame(cell.cell_id, outcome))
             outcomes.append(outcome)
         if held:
             results.append(result)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import json
 import math
 import sys
 import weakref
@@ -17,6 +18,7 @@ import torch
 from conftest import TINY_SUITE
 
 import harness_testplugin
+from harness.cache import digest
 from harness.contracts import LOGITS
 from harness.leaderboard import read_leaderboard
 from harness.testing import check_defense, check_metric, check_model, outcome_of, reference_builder, tiny_digits
@@ -479,6 +481,8 @@ def test_a_cached_model_that_does_not_fit_is_retrained_from_its_seeded_weights(c
     [checkpoint] = (cache / "models").glob("*.pt")
     payload = torch.load(checkpoint, weights_only=True)
     payload["tensors"] = {key: value + 1 for key, value in list(payload["tensors"].items())[:2]}  # half a model
+    meta = json.loads(payload["meta"])
+    payload["meta"] = json.dumps({**meta, "digest": digest(payload["tensors"])})  # whole, but of another model
     torch.save(payload, checkpoint)
     code, _, err = cli("run", suite, "--cache-dir", cache, "--force", "--output", tmp_path / "again.csv")
     assert code == 0 and "does not fit the model's structure; retraining" in err
