@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +27,16 @@ import pluggy
 
 from harness import hookspecs
 from harness.errors import PluginError, UsageError, one_line
-from harness.registry import KINDS, Component, RegisterFunction, Registry, did_you_mean, isolated
+from harness.registry import (
+    KINDS,
+    Component,
+    Range,
+    RegisterFunction,
+    Registry,
+    did_you_mean,
+    is_numeric_default,
+    isolated,
+)
 
 REGISTRATION_HOOKS = {kind: f"register_{kind}s" for kind in KINDS}
 LIFECYCLE_HOOKS = ("suite_started", "cell_started", "cell_finished", "suite_finished")
@@ -55,14 +65,13 @@ def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = 
     """Load the plugins and collect their components.
 
     ``plugin_args`` are ``-p`` values: ``MODULE`` loads a module as a plugin, ``no:NAME`` blocks
-    the plugin NAME; such modules are also looked up in ``search_path`` (like pytest's rootdir).
-    Only a ``-p`` module that does not exist raises (a :class:`UsageError`: a typo); a broken
-    plugin is listed with its error and left out, and the others still work.
+    the plugin NAME; a module that is not installed is also looked up in ``search_path`` (see
+    :func:`_make_importable`). Only a ``-p`` module that does not exist raises (a
+    :class:`UsageError`: a typo); a broken plugin is listed with its error and left out, and the
+    others still work.
     """
     plugin_args = list(plugin_args)
-    for directory in search_path:
-        if str(directory) not in sys.path:
-            sys.path.insert(0, str(directory))
+    _make_importable([a for a in plugin_args if not a.startswith("no:")], search_path)
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     for name in _blocked_names(plugin_args):
@@ -112,6 +121,26 @@ def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = 
     _isolate_lifecycle_hooks(pm)
     registry.plugins = sorted(infos.values(), key=lambda p: p.name)
     return registry
+
+
+def _make_importable(module_names: Iterable[str], search_path: Iterable[Path]) -> None:
+    """Let each named plugin module that is not installed be imported from the first folder of
+    ``search_path`` that holds it, by appending that folder to ``sys.path``.
+
+    Appending, as pytest's ``--import-mode=append`` does, keeps installed packages first: a
+    ``tqdm.py`` or ``pandas.py`` beside a suite can never shadow the real one. A folder is added
+    only for a module that a suite or ``-p`` names, so a folder that holds none adds nothing.
+    """
+    directories = [Path(d) for d in search_path]
+    for module_name in module_names:
+        top = module_name.partition(".")[0]
+        if not top.isidentifier() or top in sys.modules or importlib.util.find_spec(top) is not None:
+            continue  # installed (or already imported) wins; an invalid name fails at import, as a typo
+        for directory in directories:
+            if (directory / f"{top}.py").is_file() or (directory / top).is_dir():
+                if str(directory) not in sys.path:
+                    sys.path.append(str(directory))
+                break
 
 
 def _blocked_names(plugin_args: Iterable[str]) -> set[str]:
@@ -173,14 +202,18 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo, proble
         *,
         params: Mapping[str, Any] | None = None,
         choices: Mapping[str, Iterable[Any]] | None = None,
+        ranges: Mapping[str, Range] | None = None,
         description: str = "",
         imports: Iterable[str] = (),
         evaluation_params: Iterable[str] = (),
         higher_is_better: bool | None = None,
     ) -> None:
         existing = registry.components[kind].get(name)
+        range_problem = _range_problem(params or {}, ranges or {})
         if kind == "attack" and "norm" not in (params or {}):
             problem = f"attack '{name}' of plugin '{plugin.name}' must declare a 'norm' parameter"
+        elif range_problem:
+            problem = f"{kind} '{name}' of plugin '{plugin.name}' {range_problem}"
         elif existing is not None and existing.plugin == plugin.name:
             problem = f"{kind} '{name}' is registered twice by plugin '{plugin.name}' ({plugin.release})"
         elif existing is not None:
@@ -203,12 +236,31 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo, proble
                 imports=tuple(imports),
                 evaluation_params=tuple(evaluation_params),
                 higher_is_better=higher_is_better,
+                ranges=dict(ranges or {}),
             )
             return
         problems.append(problem)
         raise PluginError(problem)
 
     return register
+
+
+def _range_problem(params: Mapping[str, Any], ranges: Mapping[str, Any]) -> str:
+    """Why ``ranges`` do not fit ``params`` (after "<kind> '<name>' of plugin '<plugin>'"), or ``""``:
+    a range must be a :class:`Range` of a numeric parameter, and hold the parameter's default."""
+    for key, bounds in ranges.items():
+        if key not in params:
+            known = ", ".join(sorted(params)) or "none"
+            return f"declares a range for unknown parameter '{key}'{did_you_mean(key, params)} (known: {known})"
+        if not isinstance(bounds, Range):
+            return f"declares a range for parameter '{key}' that is not a harness.registry.Range: {bounds!r}"
+        default = params[key]
+        if not is_numeric_default(default):
+            return f"declares a range for parameter '{key}', whose default {default!r} is not numeric"
+        numbers = default if isinstance(default, (list, tuple)) else [default]
+        if any(n is not None and n not in bounds for n in numbers):
+            return f"declares parameter '{key}' {bounds}, but its default is {default!r}"
+    return ""
 
 
 def _drop_components(registry: Registry, plugin_name: str) -> None:

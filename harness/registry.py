@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class RegisterFunction(Protocol):
         *,
         params: Mapping[str, Any] | None = None,
         choices: Mapping[str, Iterable[Any]] | None = None,
+        ranges: Mapping[str, Range] | None = None,
         description: str = "",
         imports: Iterable[str] = (),
         evaluation_params: Iterable[str] = (),
@@ -38,6 +40,63 @@ class RegisterFunction(Protocol):
 
 
 CORE_PACKAGE = "harness"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The interval a numeric parameter's values must lie in, so that a suite giving a meaningless
+    value (``epochs = -1``, ``dropout = 2``) is rejected before anything trains instead of giving a
+    row. ``None`` leaves that side unbounded; an open side excludes its bound. For a list parameter
+    every number of the list must lie in it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __post_init__(self) -> None:
+        for bound in (self.low, self.high):
+            if bound is not None and not (_is_number(bound) and math.isfinite(bound)):
+                raise ValueError(f"a Range's bounds must be finite numbers or None, got {bound!r}")
+        if self.low is not None and self.high is not None and (
+            self.low > self.high or (self.low == self.high and (self.low_open or self.high_open))
+        ):
+            raise ValueError(f"empty Range: {self}")
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (
+                f"in {'(' if self.low_open else '['}{_format_bound(self.low)}, "
+                f"{_format_bound(self.high)}{')' if self.high_open else ']'}"
+            )
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {_format_bound(self.low)}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {_format_bound(self.high)}"
+        return "any number"
+
+
+def _format_bound(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
+
+
+POSITIVE = Range(0, low_open=True)
+"""Counts that must not be zero and sizes, rates and durations: epochs, batch sizes, learning rates."""
+NON_NEGATIVE = Range(0)
+"""Counts and weights where zero means "none" or "off": random restarts, weight decay, a loss weight."""
+FRACTION = Range(0, 1)
+"""Probabilities, dropout rates, and weights that mix two losses as ``(1 - w) * a + w * b``."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +133,8 @@ class Component:
     ``evaluation_params`` are parameters that choose how a trained model is evaluated (its head),
     not how it is trained, so entries differing only in them share one trained model.
     ``higher_is_better`` (metrics) tells ``harness show --sort`` which way to rank its column.
+    ``ranges`` bounds numeric parameters (see :class:`Range`); whatever their range, a given NaN is
+    rejected, and so is an infinite value unless the default is infinite (``eps = inf``).
     """
 
     kind: str
@@ -88,6 +149,7 @@ class Component:
     imports: tuple[str, ...] = ()
     evaluation_params: tuple[str, ...] = ()
     higher_is_better: bool | None = None
+    ranges: Mapping[str, Range] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -136,11 +198,51 @@ class Component:
                     f"{', '.join(map(repr, allowed))}, got {value!r}"
                 )
                 continue
+            problem = self._check_numbers(key, checked)
+            if problem:
+                problems.append(f"parameter '{key}' of {self.kind} '{self.name}' must {problem}, got {value!r}")
+                continue
             resolved[key] = checked
         return resolved, problems
 
+    def _check_numbers(self, key: str, value: Any) -> str:
+        """What is wrong with the numbers of ``value`` (itself, or those of a list), after "must":
+        a NaN, an infinite number where the default is finite, or one out of the parameter's range."""
+        default = self.params[key]
+        infinite_allowed = any(math.isinf(n) for n in _numbers(default))
+        bounds = self.ranges.get(key)
+        is_list = isinstance(value, list)
+        for number in _numbers(value):
+            if math.isnan(number) and infinite_allowed:
+                return "not hold NaN" if is_list else "not be NaN"
+            if not math.isfinite(number) and not infinite_allowed:
+                return "be a list of finite numbers" if is_list else "be a finite number"
+            if bounds is not None and number not in bounds:
+                if not is_list:
+                    return f"be {bounds}"
+                items = type_name(default) if isinstance(default, (list, tuple)) and default else "list of numbers"
+                return f"be {_with_article(items)} {bounds}"
+        return ""
+
 
 _BAD = object()
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers of a parameter's value: itself, or those of a (nested) list."""
+    if _is_number(value):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for item in value for n in _numbers(item)]
+    return []
+
+
+def is_numeric_default(default: Any) -> bool:
+    """Whether a parameter with this default takes numbers, and so may have a :class:`Range`: a
+    number, ``None`` (a number or unset), or a list of numbers."""
+    if default is None or _is_number(default):
+        return True
+    return isinstance(default, (list, tuple)) and all(_is_number(item) for item in default)
 
 
 def _check_type(value: Any, default: Any) -> Any:

@@ -68,13 +68,17 @@ def test_plugins_json_lists_distributions_and_components(cli):
 def test_plugins_params_lists_types_defaults_and_choices(cli):
     code, out, _ = cli("plugins", "--params")
     assert code == 0
-    assert "    pgd: ART" in out and "      max_iter: integer = 40\n" in out
+    assert "    pgd: ART" in out and "      max_iter: integer = 40 (> 0)\n" in out
     assert "      norm: string = 'linf' (one of 'linf', 'l2')\n" in out
-    assert "      hidden: list of integers = [256, 256]\n" in out and "      eps_step: number = None\n" in out
+    assert "      hidden: list of integers = [256, 256] (> 0)\n" in out
+    assert "      eps_step: number = None (> 0)\n" in out
+    assert "      num_random_init: integer = 0 (>= 0)\n" in out and "      weight: number = 0.5 (in [0, 1])\n" in out
     code, out, _ = cli("plugins", "--params", "--json")
     params = {p["name"]: p for p in json.loads(out)}["art"]["params"]
-    assert params["attack"]["pgd"]["max_iter"] == {"type": "integer", "default": 40, "choices": None}
-    assert params["attack"]["pgd"]["norm"] == {"type": "string", "default": "linf", "choices": ["linf", "l2"]}
+    assert params["attack"]["pgd"]["max_iter"] == {"type": "integer", "default": 40, "choices": None, "range": "> 0"}
+    assert params["attack"]["pgd"]["norm"] == {
+        "type": "string", "default": "linf", "choices": ["linf", "l2"], "range": None
+    }
     code, out, _ = cli("plugins", "--json")
     assert all("params" not in p for p in json.loads(out))
 

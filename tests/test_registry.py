@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 
@@ -11,6 +12,7 @@ import pytest
 from harness.errors import UsageError
 from harness.hookspecs import hookimpl
 from harness.plugins import load_plugins
+from harness.registry import FRACTION, NON_NEGATIVE, POSITIVE, Range
 
 
 @pytest.fixture
@@ -107,6 +109,18 @@ BROKEN_PLUGINS = {
         {"register_attacks": lambda register: register("normless", "x:y", params={})},
         "attack 'normless' of plugin 'broken' must declare a 'norm' parameter",
     ),
+    "range for an unknown parameter": (
+        {"register_models": lambda register: register("m", "x:y", params={"epochs": 5}, ranges={"epoch": POSITIVE})},
+        "model 'm' of plugin 'broken' declares a range for unknown parameter 'epoch' (did you mean 'epochs'?)",
+    ),
+    "range for a parameter that is not numeric": (
+        {"register_models": lambda register: register("m", "x:y", params={"act": "relu"}, ranges={"act": POSITIVE})},
+        "model 'm' of plugin 'broken' declares a range for parameter 'act', whose default 'relu' is not numeric",
+    ),
+    "default out of its range": (
+        {"register_models": lambda register: register("m", "x:y", params={"p": 1.5}, ranges={"p": FRACTION})},
+        "model 'm' of plugin 'broken' declares parameter 'p' in [0, 1], but its default is 1.5",
+    ),
 }
 
 
@@ -189,6 +203,77 @@ def test_parameter_checking_from_registered_defaults():
     assert any("unknown parameter 'max_iters'" in p and "did you mean 'max_iter'" in p for p in problems)
     _, problems = load_plugins().get("model", "mlp").resolve_params({"hidden": [32.5]})
     assert problems == ["parameter 'hidden' of model 'mlp' must be a list of integers, got [32.5]"]
+
+
+def test_range_reads_like_its_bounds():
+    assert [str(r) for r in (POSITIVE, NON_NEGATIVE, FRACTION)] == ["> 0", ">= 0", "in [0, 1]"]
+    assert str(Range(0, 1, low_open=True)) == "in (0, 1]" and str(Range(0, 1, high_open=True)) == "in [0, 1)"
+    assert str(Range(high=5)) == "<= 5" and str(Range(high=0, high_open=True)) == "< 0"
+    assert str(Range(0.5, 2.5)) == "in [0.5, 2.5]" and str(Range(1, low_open=True)) == "> 1"
+    for bad in ({"low": 1, "high": 0}, {"low": 0, "high": 0, "low_open": True}, {"low": math.nan}, {"high": math.inf}):
+        with pytest.raises(ValueError):
+            Range(**bad)
+
+
+def test_range_boundaries():
+    assert 0 in NON_NEGATIVE and 0.0 in NON_NEGATIVE and -1e-9 not in NON_NEGATIVE
+    assert 0 not in POSITIVE and 1e-9 in POSITIVE and math.inf in POSITIVE
+    assert 0 in FRACTION and 1 in FRACTION and 1.0 in FRACTION and 1.0000001 not in FRACTION and -0.1 not in FRACTION
+    assert 1 not in Range(0, 1, high_open=True) and 0.5 in Range(0, 1, high_open=True)
+    assert 5 in Range(high=5) and 5 not in Range(high=5, high_open=True)
+    assert not any(math.nan in r for r in (POSITIVE, NON_NEGATIVE, FRACTION, Range()))
+    assert True not in FRACTION and "1" not in FRACTION and None not in NON_NEGATIVE
+
+
+def test_parameter_values_are_checked_against_their_ranges():
+    mlp = load_plugins().get("model", "mlp")
+    assert mlp.ranges["epochs"] == POSITIVE and mlp.ranges["weight_decay"] == NON_NEGATIVE
+    cases = {
+        "epochs": (-1, "parameter 'epochs' of model 'mlp' must be > 0, got -1"),
+        "batch_size": (0, "parameter 'batch_size' of model 'mlp' must be > 0, got 0"),
+        "lr": (math.inf, "parameter 'lr' of model 'mlp' must be a finite number, got inf"),
+        "weight_decay": (-0.1, "parameter 'weight_decay' of model 'mlp' must be >= 0, got -0.1"),
+        "hidden": ([-5], "parameter 'hidden' of model 'mlp' must be a list of integers > 0, got [-5]"),
+    }
+    for key, (value, message) in cases.items():
+        assert mlp.resolve_params({key: value})[1] == [message]
+    _, problems = mlp.resolve_params({"lr": math.nan})
+    assert problems == ["parameter 'lr' of model 'mlp' must be a finite number, got nan"]
+    _, problems = mlp.resolve_params({"hidden": [32, 0], "lr": -math.inf, "epochs": -1, "batch_size": 0})
+    assert len(problems) == 4, "every problem is reported"
+    params, problems = mlp.resolve_params({"epochs": 1, "weight_decay": 0, "lr": 1e-9, "hidden": []})
+    assert problems == [] and params["epochs"] == 1 and params["weight_decay"] == 0.0 and params["hidden"] == []
+    pgd = load_plugins().get("attack", "pgd")
+    assert pgd.resolve_params({"max_iter": 0})[1] == ["parameter 'max_iter' of attack 'pgd' must be > 0, got 0"]
+    assert pgd.resolve_params({"eps_step": None})[1] == [], "None (unset) stays accepted"
+    assert pgd.resolve_params({"eps_step": -0.1})[1] == ["parameter 'eps_step' of attack 'pgd' must be > 0, got -0.1"]
+    assert pgd.resolve_params({"eps_step": math.inf})[1] == [
+        "parameter 'eps_step' of attack 'pgd' must be a finite number, got inf"
+    ]
+
+
+def test_non_finite_values_are_rejected_unless_the_default_is_infinite(module_plugin):
+    @hookimpl
+    def register_attacks(register):
+        register("walk", "x:y", params={"norm": "linf", "scale": 1.0, "radius": math.inf, "steps": [0.5, 1.0]})
+
+    registry = load_plugins([module_plugin("unbounded_plugin", register_attacks=register_attacks)])
+    walk = registry.get("attack", "walk")
+    assert walk.ranges == {}
+    assert walk.resolve_params({"scale": math.inf})[1] == [
+        "parameter 'scale' of attack 'walk' must be a finite number, got inf"
+    ]
+    assert walk.resolve_params({"scale": math.nan})[1] == [
+        "parameter 'scale' of attack 'walk' must be a finite number, got nan"
+    ]
+    assert walk.resolve_params({"steps": [0.5, math.nan]})[1] == [
+        "parameter 'steps' of attack 'walk' must be a list of finite numbers, got [0.5, nan]"
+    ]
+    assert walk.resolve_params({"radius": math.nan})[1] == [
+        "parameter 'radius' of attack 'walk' must not be NaN, got nan"
+    ]
+    params, problems = walk.resolve_params({"radius": math.inf, "scale": -2.0})
+    assert problems == [] and params["radius"] == math.inf, "an infinite default admits inf; no range, any sign"
 
 
 def test_plugin_that_fails_to_import_is_listed_and_others_work(cli, tmp_path, monkeypatch):

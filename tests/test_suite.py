@@ -98,6 +98,66 @@ eps = [0.1, -0.2]
     assert any("'eps' must be a non-empty list of non-negative numbers" in p for p in problems)
 
 
+def test_values_out_of_range_are_all_reported_at_once(tmp_path):
+    problems = problems_of(
+        """
+n_samples = 10
+[[datasets]]
+name = "digits"
+test_size = 0
+[[models]]
+name = "mlp"
+epochs = -1
+lr = inf
+hidden = [-5]
+[[models]]
+name = "cnn"
+label = "nan-cnn"
+lr = nan
+[[defenses]]
+name = "at"
+weight = 1.5
+attack = {name = "pgd", max_iter = 0, eps = 0.1}
+[[attacks]]
+name = "pgd"
+max_iter = 0
+eps = [0.1]
+""",
+        tmp_path,
+    )
+    assert problems == [
+        "datasets[0] (digits): parameter 'test_size' of dataset 'digits' must be > 0, got 0",
+        "models[0] (mlp): parameter 'epochs' of model 'mlp' must be > 0, got -1",
+        "models[0] (mlp): parameter 'lr' of model 'mlp' must be a finite number, got inf",
+        "models[0] (mlp): parameter 'hidden' of model 'mlp' must be a list of integers > 0, got [-5]",
+        "models[1] (cnn): parameter 'lr' of model 'cnn' must be a finite number, got nan",
+        "defenses[0] (at): parameter 'weight' of defense 'at' must be in [0, 1], got 1.5",
+        "defenses[0] (at): parameter 'attack' (attack): parameter 'max_iter' of attack 'pgd' must be > 0, got 0",
+        "attacks[0] (pgd): parameter 'max_iter' of attack 'pgd' must be > 0, got 0",
+    ]
+
+
+def test_a_nested_table_is_checked_against_its_ranges(tmp_path):
+    suite = """
+n_samples = 10
+[[datasets]]
+name = "digits"
+[[models]]
+name = "mlp"
+[[defenses]]
+name = "at"
+attack = {name = "pgd", max_iter = MAX_ITER, eps = 0.1}
+[[attacks]]
+name = "fgsm"
+eps = [0.1]
+"""
+    assert problems_of(suite.replace("MAX_ITER", "-3"), tmp_path) == [
+        "defenses[0] (at): parameter 'attack' (attack): parameter 'max_iter' of attack 'pgd' must be > 0, got -3"
+    ]
+    defense = parse(suite.replace("MAX_ITER", "1"), tmp_path).defenses[0]
+    assert defense.params["attack"]["max_iter"] == 1
+
+
 def test_invalid_toml_is_one_problem(tmp_path):
     problems = problems_of("name = \n", tmp_path)
     assert len(problems) == 1 and problems[0].startswith("invalid TOML")

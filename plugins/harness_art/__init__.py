@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
-from harness.registry import RegisterFunction
+from harness.registry import NON_NEGATIVE, POSITIVE, RegisterFunction
 
 NORMS = ("linf", "l2")
 ART_MODULES = ("art.attacks.evasion", "art.estimators.classification")
+RANGES = {"num_random_init": NON_NEGATIVE, "batch_size": POSITIVE}
+"""0 random restarts: start from the clean input."""
 
 
 @hookimpl
@@ -16,6 +18,7 @@ def register_attacks(register: RegisterFunction) -> None:
         "harness_art.attacks:FGSM",
         params={"norm": "linf", "num_random_init": 0, "batch_size": 256},
         choices={"norm": NORMS},
+        ranges=RANGES,
         imports=ART_MODULES,
         description="ART FastGradientMethod: one signed (Linf) or normalised (L2) gradient step of size eps",
     )
@@ -24,6 +27,7 @@ def register_attacks(register: RegisterFunction) -> None:
         "harness_art.attacks:PGD",
         params={"norm": "linf", "eps_step": None, "max_iter": 40, "num_random_init": 0, "batch_size": 256},
         choices={"norm": NORMS},
+        ranges={**RANGES, "eps_step": POSITIVE, "max_iter": POSITIVE},
         imports=ART_MODULES,
         description="ART ProjectedGradientDescentPyTorch; eps_step defaults to 2.5 * eps / max_iter (Madry et al.)",
     )

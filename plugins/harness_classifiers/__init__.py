@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
-from harness.registry import RegisterFunction
+from harness.registry import NON_NEGATIVE, POSITIVE, RegisterFunction
 
 TRAINING = {"epochs": 20, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0}
+TRAINING_RANGES = {"epochs": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE}
+"""0 epochs would leave the model untrained; a weight decay of 0 is none."""
 
 
 @hookimpl
@@ -14,11 +16,13 @@ def register_models(register: RegisterFunction) -> None:
         "mlp",
         "harness_classifiers.models:MLP",
         params={"hidden": [256, 256], **TRAINING},
+        ranges={"hidden": POSITIVE, **TRAINING_RANGES},
         description="fully connected ReLU network, cross-entropy with Adam",
     )
     register(
         "cnn",
         "harness_classifiers.models:SmallCNN",
         params={"channels": [32, 64], "hidden": 128, **TRAINING},
+        ranges={"channels": POSITIVE, "hidden": POSITIVE, **TRAINING_RANGES},
         description="conv-ReLU-maxpool blocks and one hidden dense layer, cross-entropy with Adam",
     )

@@ -4,7 +4,7 @@ any pair of IDX files split into train and test."""
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
-from harness.registry import RegisterFunction
+from harness.registry import POSITIVE, RegisterFunction
 
 
 @hookimpl
@@ -13,6 +13,7 @@ def register_datasets(register: RegisterFunction) -> None:
         "digits",
         "harness_datasets.loaders:load_digits",
         params={"size": 8, "test_size": 500},
+        ranges={"size": POSITIVE, "test_size": POSITIVE},
         description="sklearn's 8x8 digits (1,797 images, offline), fixed stratified split, optionally resized",
     )
     for name, loader in (("mnist", "load_mnist"), ("fashion-mnist", "load_fashion_mnist")):
@@ -20,6 +21,7 @@ def register_datasets(register: RegisterFunction) -> None:
             name,
             f"harness_datasets.loaders:{loader}",
             params={"size": 28, "download": True},
+            ranges={"size": POSITIVE},
             description=f"{name} from the standard IDX files in --data-dir (or --data-dir/{name}); "
             "downloaded with checksum verification when missing and a network allows",
         )
@@ -27,5 +29,6 @@ def register_datasets(register: RegisterFunction) -> None:
         "idx",
         "harness_datasets.loaders:load_idx_pair",
         params={"images": "", "labels": "", "test_size": 1500, "size": 28},
+        ranges={"test_size": POSITIVE, "size": POSITIVE},
         description="one pair of IDX files (paths relative to --data-dir), split into train and test with a fixed stratified split",
     )

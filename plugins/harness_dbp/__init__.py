@@ -5,7 +5,7 @@ Training Autoencoders against Adversarial Attack")."""
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
-from harness.registry import RegisterFunction
+from harness.registry import NON_NEGATIVE, POSITIVE, Range, RegisterFunction
 from harness_dbp.grid import DRAW_PRESETS, REFERENCE_C_GRID
 
 # The DBP objective (lambda2 = dbp, lambda1 = kl_weight), the GMM head (evaluation parameters:
@@ -15,10 +15,17 @@ COMMON = {
     "epochs": 50, "batch_size": 128, "lr": 1e-4,
 }
 COMMON_CHOICES = {"dbp_schedule": ("half", "constant"), "gmm_covariance": ("full", "diag")}
+COMMON_RANGES = {
+    "dbp": NON_NEGATIVE, "kl_weight": NON_NEGATIVE, "gmm_components": POSITIVE,
+    "epochs": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE,
+}
 HEAD = ["gmm_components", "gmm_covariance"]
 # The reference's attack: Adam 1e-3 for 3,000 iterations over 51 constants, 20 pairs, distances
 # averaged over 128 stochastic reconstructions.
 ATTACK = {"norm": "l2", "pairs": 20, "iterations": 3000, "lr": 1e-3, "reconstructions": 128}
+ATTACK_RANGES = {
+    "pairs": POSITIVE, "iterations": POSITIVE, "lr": POSITIVE, "reconstructions": POSITIVE, "c_grid": NON_NEGATIVE,
+}
 
 
 @hookimpl
@@ -28,6 +35,7 @@ def register_models(register: RegisterFunction) -> None:
         "harness_dbp.models:VAE",
         params={"hidden": [512, 512], "latent": 32, **COMMON},
         choices=COMMON_CHOICES,
+        ranges={"hidden": POSITIVE, "latent": POSITIVE, **COMMON_RANGES},
         evaluation_params=HEAD,
         imports=["sklearn.mixture"],
         description="MLP VAE (Bernoulli likelihood) trained with double backpropagation (dbp = lambda2; 0: plain); "
@@ -39,6 +47,8 @@ def register_models(register: RegisterFunction) -> None:
         params={"preset": "draw16", "steps": None, "hidden": None, "latent": None, "attention": "", "window": None,
                 **COMMON},
         choices={**COMMON_CHOICES, "preset": tuple(DRAW_PRESETS), "attention": ("", "on", "off")},
+        # An attention window of N x N filters spaces them by (size - 1) / (N - 1): at least 2.
+        ranges={"steps": POSITIVE, "hidden": POSITIVE, "latent": POSITIVE, "window": Range(2), **COMMON_RANGES},
         evaluation_params=HEAD,
         imports=["sklearn.mixture"],
         description="DRAW (LSTM encoder/decoder over T steps, optional attention) trained with double backpropagation; "
@@ -57,6 +67,7 @@ def register_attacks(register: RegisterFunction) -> None:
             f"harness_dbp.attacks:{factory}",
             params={**ATTACK, "c_grid": list(REFERENCE_C_GRID)},
             choices={"norm": ("l2",)},
+            ranges=ATTACK_RANGES,
             description=f"targeted attack on an autoencoder over (source, target) test pairs: minimises C |delta|^2 + {what}, "
             "for every C of c_grid",
         )
