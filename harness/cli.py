@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, UsageError
+from harness.files import describe
 from harness.plugins import load_plugins
 from harness.registry import Component, ComponentTable, Registry, did_you_mean, type_name
 from harness.runner import warn_on_stderr
@@ -77,17 +80,19 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 print(f"    {name}: {registry.get(kind, name).description}")
                 for param, spec in item["params"][kind][name].items() if args.params else ():
                     choices = f" (one of {', '.join(map(repr, spec['choices']))})" if spec["choices"] else ""
-                    print(f"      {param}: {spec['type']} = {spec['default']!r}{choices}")
+                    bounds = f" ({spec['range']})" if spec["range"] else ""
+                    print(f"      {param}: {spec['type']} = {spec['default']!r}{choices}{bounds}")
     return 0
 
 
 def _params(component: Component) -> dict[str, dict[str, Any]]:
-    """Each parameter's type, default and allowed values (``None``: any value of the type)."""
+    """Each parameter's type, default, allowed values and range (``None``: any value of the type)."""
     return {
         name: {
             "type": type_name(default),
             "default": dict(default.default) if isinstance(default, ComponentTable) else default,
             "choices": list(component.choices[name]) if name in component.choices else None,
+            "range": str(component.ranges[name]) if name in component.ranges else None,
         }
         for name, default in component.params.items()
     }
@@ -97,7 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import RunOptions, run_suite
 
     suite, registry = _load_suite(args, args.suite)
-    options = RunOptions(output=args.output or args.suite.with_suffix(".csv"), device=args.device, force=args.force)
+    output = args.suite.with_suffix(".csv") if args.output is None else args.output
+    options = RunOptions(output=output, device=args.device, force=args.force, wait=args.wait)
     if args.cache_dir:
         options.cache_dir = args.cache_dir
     if args.data_dir:
@@ -277,6 +283,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         largest = table[["clean_diff", "robust_diff"]].abs().max(axis=1)
         beyond = largest > args.tolerance + 1e-12
         table["within_tolerance"] = ~beyond
+    if table.empty:
+        if args.b is not None and not (args.json or args.csv):
+            _print_one_sided(frame_a, frame_b)
+        print(f"harness: error: {title}: no common ok entries, so nothing was compared", file=sys.stderr)
+        return 1
     if args.json:
         print(table.to_json(orient="records", indent=2, double_precision=15))
     elif args.csv:
@@ -284,7 +295,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         _print_comparison(table, title, args)
         if args.b is not None:
-            _print_one_sided(frame_a, read_with_outcomes(args.b)[0])
+            _print_one_sided(frame_a, frame_b)
     return 1 if beyond.any() else 0
 
 
@@ -292,10 +303,6 @@ def _print_comparison(table: pd.DataFrame, title: str, args: argparse.Namespace)
     import pandas as pd
 
     print(title)
-    if table.empty:
-        print("no common entries")
-        return
-
     def interval(measure: str) -> pd.Series:
         return [
             f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
@@ -354,7 +361,11 @@ def _print_one_sided(a: pd.DataFrame, b: pd.DataFrame) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     path: Path = args.file
     if path.suffix == ".toml":
+        from harness.suite import budget_warnings
+
         suite, _ = _load_suite(args, path)
+        for message in budget_warnings(suite):
+            warn_on_stderr(message)
         print(f"{path}: valid suite '{suite.name}' ({len(suite.cells())} cells)")
     elif path.suffix == ".csv":
         from harness.leaderboard import read_leaderboard
@@ -386,6 +397,40 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def device_name(text: str) -> str:
+    """A ``--device`` value, checked when the arguments are parsed (exit 2, before any work)."""
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use auto, cpu, cuda, cuda:N or mps")
+    return text
+
+
+def significance_level(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"the significance level must lie strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def tolerance(text: str) -> float:
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"the tolerance must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness", description="Benchmark the adversarial robustness of PyTorch models through plugins."
@@ -408,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, help="cache of trained models, heads and attack runs (default: $HARNESS_CACHE_DIR or ~/.cache/harness/cache)")
     run.add_argument("--data-dir", type=Path, help="dataset files (default: $HARNESS_DATA_DIR or ~/.cache/harness/data)")
     run.add_argument("--force", action="store_true", help="recompute every cell, even completed ones")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    run.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    run.add_argument("--wait", action="store_true", help="wait for another run writing the same output, instead of failing")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: when stderr is a terminal)")  # fmt: skip
     run.set_defaults(handler=cmd_run)
@@ -431,9 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b", type=Path, nargs="?", help="a second leaderboard, compared against A")
     compare.add_argument("--by", choices=["model", "defense", "attack", "dataset"], help="compare the values of this column within A")
     compare.add_argument("--baseline", help="the value of --by the others are compared against")
-    compare.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts (default 0.05)")
     compare.add_argument(
-        "--tolerance", type=float, metavar="T",
+        "--alpha", type=significance_level, default=0.05, help="significance level of the verdicts, in (0, 1) (default 0.05)"
+    )
+    compare.add_argument(
+        "--tolerance", type=tolerance, metavar="T",
         help="flag entries whose accuracies differ by more than T, and exit 1 if any does",
     )  # fmt: skip
     output = compare.add_mutually_exclusive_group()
@@ -470,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a file that cannot be read or written, wherever it was met
+        print(f"harness: error: {describe(exc)}", file=sys.stderr)
+        return UsageError.exit_code
     except BrokenPipeError:  # the reader went away (`harness plugins | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

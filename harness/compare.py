@@ -79,6 +79,7 @@ def _table(
     import pandas as pd
 
     settings = [column for column in SETTINGS if column != compared]
+    pairs = [pair for pair in pairs if set(pair[1]["seed"]) & set(pair[2]["seed"])]  # an entry without common seeds is not common
     records = [_compare_pair(label, baseline, candidate, a, b, alpha, settings) for label, baseline, candidate in pairs]
     table = pd.DataFrame(records)
     if table.empty:

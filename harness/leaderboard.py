@@ -6,13 +6,13 @@ metrics follow the fixed columns as ``metric_<name>``.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import UsageError, ValidationError
+from harness.files import write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,6 +59,34 @@ def over_budget(size: float, eps: float) -> bool:
     return size > eps + BUDGET_TOLERANCE * max(eps, 1.0)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection")."""
+ESCAPE = "'"
+"""The prefix that makes a spreadsheet read such a cell as text (OWASP's advice)."""
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a label, name or other cell of a leaderboard, or None.
+
+    The policy: a label or name that a user chooses (suite, entry labels, norms) is rejected when
+    a spreadsheet would run it as a formula or when it holds a control character (a carriage
+    return splits the row, a NUL byte truncates it); free text the harness writes (messages,
+    plugin-supplied names) is escaped instead, by :func:`write_leaderboard`.
+    """
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        return "holds a control character (a line break, tab, NUL or the like)"
+    if text.startswith(FORMULA_STARTS):
+        return f"starts with {text[0]!r}, which a spreadsheet runs as a formula"
+    return None
+
+
+def escaped(text: str) -> str:
+    """Free text made safe for a leaderboard cell: control characters become spaces, and a cell
+    that a spreadsheet would run as a formula gets OWASP's leading apostrophe. Idempotent."""
+    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+    return ESCAPE + text if text.startswith(FORMULA_STARTS) else text
+
+
 def metric_columns(columns: Iterable[str]) -> list[str]:
     return [c for c in columns if c.startswith(METRIC_PREFIX)]
 
@@ -73,27 +101,12 @@ def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def write_leaderboard(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
-    """Write rows atomically: readers see the old file or the new one, never half of one."""
-    write_atomically(path, to_frame(rows).to_csv(index=False).encode())
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` in one step, through a synced temporary file in its folder,
-    with the permissions a plain ``open`` would give (``mkstemp`` makes files private)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write rows atomically: readers see the old file or the new one, never half of one. Text
+    cells are :func:`escaped`, so that what is written is what :func:`read_leaderboard` accepts."""
+    frame = to_frame(rows)
+    for column in TEXT_COLUMNS:
+        frame[column] = frame[column].map(lambda v: escaped(v) if isinstance(v, str) else v)
+    write_atomically(path, frame.to_csv(index=False).encode())
 
 
 def read_leaderboard(path: Path) -> pd.DataFrame:
@@ -132,6 +145,17 @@ def validate_frame(frame: pd.DataFrame) -> list[str]:
 
     def line(index: Any) -> int:
         return int(index) + 2  # header is line 1
+
+    for column in columns:
+        if any(unicodedata.category(c) == "Cc" for c in column):
+            problems.append(f"column name {column!r} holds a control character")
+    for column in TEXT_COLUMNS:
+        values = frame[column].dropna().astype(str)
+        unsafe = values.map(text_problem).dropna()
+        if len(unsafe):
+            index = unsafe.index[0]
+            problems.append(f"column '{column}' {unsafe.iloc[0]} on lines {', '.join(str(line(i)) for i in unsafe.index[:5])} "
+                            f"({values[index][:40]!r})")
 
     for column in INTEGER_COLUMNS + FLOAT_COLUMNS + metric_columns(columns):
         values = pd.to_numeric(frame[column], errors="coerce")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import UsageError, ValidationError
-from harness.leaderboard import write_atomically
+from harness.files import write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,13 +42,20 @@ def outcomes_path(leaderboard: Path) -> Path:
     return leaderboard.with_name(leaderboard.stem + SUFFIX)
 
 
+def empty_outcomes() -> pd.DataFrame:
+    """An outcomes table without rows, as :func:`read_outcomes` returns them."""
+    import pandas as pd
+
+    return pd.DataFrame({column: pd.Series(dtype="string" if column == "cell_id" else "float64") for column in COLUMNS})
+
+
 def write_outcomes(frames: Iterable[pd.DataFrame], path: Path) -> None:
     """Write the outcomes atomically (readers see the old file or the new one), byte for byte the
     same for the same outcomes."""
     import pandas as pd
 
     frames = list(frames)
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    frame = pd.concat(frames, ignore_index=True) if frames else empty_outcomes()
     write_atomically(path, gzip.compress(frame[COLUMNS].to_csv(index=False).encode(), mtime=0))  # no name, no time
 
 
@@ -103,16 +110,27 @@ def check_against(frame: pd.DataFrame, leaderboard: pd.DataFrame, source: str) -
     unknown = set(frame["cell_id"]) - set(ok.index)
     if unknown:
         problems.append(f"{len(unknown)} cells are not ok rows of the leaderboard (e.g. {sorted(unknown)[0]})")
+    disagree = disagreeing_cells(frame, leaderboard)
+    if disagree:
+        problems.append(
+            f"{len(disagree)} cells disagree with their leaderboard row or have no outcomes (e.g. {disagree[0]})"
+        )
+    if problems:
+        raise ValidationError(source, problems)
+
+
+def disagreeing_cells(frame: pd.DataFrame, leaderboard: pd.DataFrame) -> list[str]:
+    """The ``ok`` rows of ``leaderboard`` that the outcomes in ``frame`` do not back: rows without
+    outcomes, and rows whose ``n_samples``, clean or robust accuracy the outcomes do not reproduce
+    (an edited row, or edited outcomes). Every ``ok`` row a run writes has its outcomes."""
+    ok = leaderboard[leaderboard["status"] == "ok"].set_index("cell_id")
     summary = frame[frame["cell_id"].isin(ok.index)].groupby("cell_id").agg(
         n=("sample", "size"), clean=("clean_correct", "mean"), robust=("robust", "mean")
     )
-    rows = ok.loc[summary.index]
-    disagree = (
-        (summary["n"] != rows["n_samples"])
-        | ((summary["clean"] - rows["clean_accuracy"]).abs() > 1e-9)
-        | ((summary["robust"] - rows["robust_accuracy"]).abs() > 1e-9)
+    summary = summary.reindex(ok.index)  # a row without outcomes: NaN, which disagrees
+    disagree = ~(
+        (summary["n"] == ok["n_samples"])
+        & ((summary["clean"] - ok["clean_accuracy"]).abs() <= 1e-9)
+        & ((summary["robust"] - ok["robust_accuracy"]).abs() <= 1e-9)
     )
-    if disagree.any():
-        problems.append(f"{int(disagree.sum())} cells disagree with their leaderboard row (e.g. {disagree[disagree].index[0]})")
-    if problems:
-        raise ValidationError(source, problems)
+    return [str(cell_id) for cell_id in ok.index[disagree.to_numpy()]]

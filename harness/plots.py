@@ -9,6 +9,7 @@ seconds, not the start-up of a run.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ def plot_leaderboard(csv: Path, output: Path) -> Plots:
         for dataset in datasets:
             rows = ok[ok["dataset"] == dataset]
             worst = worst_case(rows, outcomes) if outcomes is not None else None
-            name = ACCURACY_FILE if len(datasets) == 1 else f"robust-accuracy-{_slug(dataset)}.png"
+            name = ACCURACY_FILE if len(datasets) == 1 else f"robust-accuracy-{file_label(dataset)}.png"
             figure = accuracy_figure(rows, worst, suite if len(datasets) == 1 else f"{suite} ({dataset})")
             plots.written.append(_save(figure, output / name))
         minimal = ok[ok["minimal_norm"] == "True"]
@@ -352,8 +353,17 @@ def _norm_name(norm: str) -> str:
     return NORM_NAMES.get(norm, norm)
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+SLUG_LENGTH = 80
+
+
+def file_label(text: str) -> str:
+    """``text`` as part of a file name: kept when it is short and safe, else its safe characters
+    (cut to :data:`SLUG_LENGTH`) and a digest of the whole, so that two labels never share a
+    file (``ds/x`` and ``ds-x``) and a long label never makes a name the file system refuses."""
+    slug = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "-" for c in text)
+    if slug == text and len(text) <= SLUG_LENGTH and not text.startswith("."):
+        return text
+    return f"{slug[:SLUG_LENGTH]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def _save(figure: Figure, path: Path) -> Path:

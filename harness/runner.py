@@ -8,28 +8,32 @@ rows are retried).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import ValidationError
+from harness.errors import BusyError, OutputError, ValidationError
+from harness.files import check_writable, describe
 from harness.leaderboard import SCHEMA_VERSION, read_leaderboard, to_frame, write_leaderboard
-from harness.outcomes import outcomes_path, read_outcomes, write_outcomes
+from harness.outcomes import disagreeing_cells, empty_outcomes, outcomes_path, read_outcomes, write_outcomes
 from harness.registry import Registry
 from harness.review import flags
-from harness.suite import Cell, Suite
+from harness.suite import Cell, Suite, budget_warnings
 
 if TYPE_CHECKING:
     import pandas as pd
 
 COMPLETE = ("ok", "skipped")
+LABEL_COLUMNS = ("suite", "dataset", "model", "defense", "attack", "norm")
 
 
 def default_cache_dir() -> Path:
@@ -49,6 +53,8 @@ class RunOptions:
     data_dir: Path = field(default_factory=default_data_dir)
     device: str = "auto"
     force: bool = False
+    wait: bool = False
+    """Wait for another run that holds the output's lock, instead of failing at once."""
     progress: bool | None = None
     """Show progress bars; None shows them when stderr is a terminal."""
 
@@ -131,17 +137,40 @@ def warn_on_stderr(message: str) -> None:
     tqdm.write(f"harness: warning: {message}", file=sys.stderr)
 
 
+def check_output(suite: Suite, output: Path) -> None:
+    """Refuse, before any work, an output the run could not write or would write over an input:
+    a leaderboard is a ``.csv`` (what ``validate`` reads), never the suite file, in a folder that
+    takes it, and its outcomes file beside it can be written too."""
+    if output.name in ("", ".", ".."):
+        raise OutputError(f"the leaderboard '{output}' is not a file name")
+    if output.suffix != ".csv":
+        raise OutputError(f"the leaderboard '{output}' must be a .csv file")
+    for path in (output, outcomes_path(output)):
+        if path.resolve() == suite.path.resolve():
+            raise OutputError(f"the output {path} is the suite file itself: choose another --output")
+    check_writable(output, "leaderboard")
+    check_writable(outcomes_path(output), "outcomes file")
+
+
 def run_suite(
     suite: Suite, registry: Registry, options: RunOptions, warn: Callable[[str], None] = warn_on_stderr
 ) -> RunSummary:
-    """Compute every missing cell of ``suite`` into ``options.output``."""
+    """Compute every missing cell of ``suite`` into ``options.output``, holding its lock."""
+    check_output(suite, options.output)
+    for message in budget_warnings(suite):
+        warn(message)
+    with output_lock(options.output, wait=options.wait, warn=warn):
+        return _run_locked(suite, registry, options, warn)
+
+
+def _run_locked(suite: Suite, registry: Registry, options: RunOptions, warn: Callable[[str], None]) -> RunSummary:
     started = time.perf_counter()
     cells = suite.cells()
-    ids = {cell.cell_id for cell in cells}
+    by_id = {cell.cell_id: cell for cell in cells}
     rows: dict[str, dict[str, Any]] = {}
     samples: dict[str, pd.DataFrame] = {}
     outcomes_file = outcomes_path(options.output)
-    stale = 0
+    stale = relabelled = 0
     if options.output.exists() and not options.force:
         try:
             existing = read_leaderboard(options.output)
@@ -149,27 +178,50 @@ def run_suite(
         except ValidationError as exc:
             raise ValidationError(exc.source, [*exc.problems, "fix the file or run with --force to overwrite it"]) from None
         for record in existing.to_dict("records"):
-            if record["cell_id"] in ids and record["status"] in COMPLETE:
-                rows[record["cell_id"]] = record
-            elif record["cell_id"] not in ids:
+            cell = by_id.get(record["cell_id"])
+            if cell is None:
                 stale += 1
-        if previous is not None:
-            samples = {cell_id: group for cell_id, group in previous.groupby("cell_id") if cell_id in rows}
+            elif record["status"] in COMPLETE:
+                labels = {column: base_row(cell)[column] for column in LABEL_COLUMNS}
+                relabelled += any(record[column] != value for column, value in labels.items())
+                rows[cell.cell_id] = {**record, **labels}  # the suite names its cells; a renamed label follows
+        if previous is None:
+            previous = empty_outcomes()
+        unbacked = [cell_id for cell_id in disagreeing_cells(previous, existing) if cell_id in rows]
+        if unbacked:
+            warn(
+                f"recomputing {len(unbacked)} cells of {options.output} whose row its outcomes do not reproduce "
+                f"(an edited file?): {', '.join(by_id[cell_id].describe() for cell_id in unbacked[:5])}"
+                + (" ..." if len(unbacked) > 5 else "")
+            )
+            for cell_id in unbacked:
+                del rows[cell_id]
+        samples = {cell_id: group for cell_id, group in previous.groupby("cell_id") if cell_id in rows}
     pending = _pending(suite, cells, rows)
     reused = len(cells) - len(pending)
 
     def persist() -> None:
-        """The outcomes first, then the leaderboard: every row written has its outcomes."""
+        """The outcomes first, then the leaderboard: every row written has its outcomes. A file
+        that cannot be written stops the run with one line; the files keep what they held."""
         done = [c.cell_id for c in cells if c.cell_id in rows]
-        write_outcomes([samples[cell_id] for cell_id in done if cell_id in samples], outcomes_file)
         frame = to_frame(rows[cell_id] for cell_id in done)
-        write_leaderboard(frame.assign(flags=flags(frame)).to_dict("records"), options.output)
+        for path, write in (
+            (outcomes_file, lambda: write_outcomes([samples[c] for c in done if c in samples], outcomes_file)),
+            (options.output, lambda: write_leaderboard(frame.assign(flags=flags(frame)).to_dict("records"), options.output)),
+        ):
+            try:
+                write()
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot write {path}: {describe(exc)}; it keeps the cells finished before, and the cache "
+                    "keeps this run's models and attack runs: run the same command again once it can be written"
+                ) from None
 
     if stale:
         warn(f"dropping {stale} rows of {options.output} that are not cells of suite '{suite.name}'")
     if pending:
         _compute(suite, registry, options, pending, rows, samples, persist, warn)
-    elif stale or options.force:
+    elif stale or relabelled or options.force:
         persist()
     final = [rows[c.cell_id] for c in cells if c.cell_id in rows]
     registry.notify("suite_finished", warn, suite=suite, rows=final)
@@ -180,6 +232,46 @@ def run_suite(
         counts=Counter(row["status"] for row in final),
         seconds=time.perf_counter() - started,
     )
+
+
+LOCK_SUFFIX = ".lock"
+
+
+@contextlib.contextmanager
+def output_lock(output: Path, wait: bool, warn: Callable[[str], None]) -> Iterator[None]:
+    """Hold the lock of ``output`` (a hidden ``.<name>.lock`` beside it) for the whole run, so
+    that two runs never compute and write one leaderboard at once. A second run fails at once,
+    naming the holder, or with ``wait`` waits for it. The lock is the operating system's (through
+    ``filelock``), so a killed run never leaves it held."""
+    from filelock import FileLock, Timeout
+
+    path = output.with_name(f".{output.name}{LOCK_SUFFIX}")
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = _holder(path)
+        if not wait:
+            raise BusyError(
+                f"{output} is being written by another run ({holder}); wait for it, or pass --wait"
+            ) from None
+        warn(f"waiting for the other run writing {output} ({holder})")
+        lock.acquire(timeout=-1)
+    except OSError as exc:
+        raise OutputError(f"cannot lock {output} ({path}): {describe(exc)}") from None
+    try:
+        with contextlib.suppress(OSError):  # who holds it is a courtesy to the next run
+            path.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now().isoformat(timespec='seconds')}")
+        yield
+    finally:
+        lock.release()
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "holder unknown"
+    except OSError:
+        return "holder unknown"
 
 
 def _pending(suite: Suite, cells: list[Cell], rows: dict[str, dict[str, Any]]) -> list[Cell]:
@@ -210,6 +302,8 @@ def _compute(
     from harness.preflight import check_buildable
 
     check_buildable(suite)
+    cache = ArtifactCache(options.cache_dir, warn)
+    cache.check()  # a cache that cannot be written is said once, and the run goes on without it
     show = sys.stderr.isatty() if options.progress is None else options.progress
 
     def progress(iterable: Iterable[Any], description: str) -> Iterable[Any]:
@@ -220,7 +314,7 @@ def _compute(
     workspace = execute.Workspace(
         registry=registry,
         device=device,
-        cache=ArtifactCache(options.cache_dir, warn),
+        cache=cache,
         data_dir=options.data_dir,
         batch_size=suite.batch_size,
         progress=progress,

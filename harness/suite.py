@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError, ValidationError
+from harness.leaderboard import text_problem
 from harness.registry import Component, ComponentTable, EntryRef, Registry, did_you_mean
 
 SECTIONS = {"datasets": "dataset", "models": "model", "defenses": "defense", "attacks": "attack", "metrics": "metric"}
@@ -217,6 +218,9 @@ def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry) -> Suite
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name:
         problems.append(f"'name' must be a non-empty string, got {name!r}")
+    elif problem := text_problem(name):
+        given = "'name'" if "name" in raw else f"the suite's name (its file name; set 'name' instead), {name!r},"
+        problems.append(f"{given} {problem}")
     description = raw.get("description", "")
     if not isinstance(description, str):
         problems.append(f"'description' must be a string, got {description!r}")
@@ -244,7 +248,7 @@ def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry) -> Suite
     sections = _resolve_refs(sections, problems)
     if problems:
         raise ValidationError(str(path), problems)
-    return Suite(
+    suite = Suite(
         name=name,
         description=description,
         path=path,
@@ -254,6 +258,42 @@ def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry) -> Suite
         draws=raw.get("draws", DEFAULT_DRAWS),
         **{section: tuple(entries) for section, entries in sections.items()},
     )
+    problems = _identical_entries(suite)
+    if problems:
+        raise ValidationError(str(path), problems)
+    return suite
+
+
+def _identical_entries(suite: Suite) -> list[str]:
+    """One problem per pair of entries that differ only in their label: their cells would be the
+    same cells (one ``cell_id``), so one row would silently stand for both."""
+    first: dict[str, Cell] = {}
+    problems: dict[str, None] = {}  # ordered, without repeats
+    for cell in suite.cells():
+        other = first.setdefault(cell.cell_id, cell)
+        if other is cell:
+            continue
+        for section, kind in SECTIONS.items():
+            if kind == "metric" or getattr(other, kind).label == getattr(cell, kind).label:
+                continue
+            at = f" at eps {cell.eps:g}" if kind == "attack" else ""
+            problems[
+                f"{section} '{getattr(other, kind).label}' and '{getattr(cell, kind).label}' are the same configuration"
+                f"{at} (component and parameters): their rows would be the same; remove one or change a parameter"
+            ] = None
+    return list(problems)
+
+
+def budget_warnings(suite: Suite) -> list[str]:
+    """Budgets that are valid but almost certainly not meant: an Linf eps above 1 on inputs in
+    [0, 1] lets an attack replace the whole image."""
+    return [
+        f"attack '{entry.label}': Linf eps {eps:g} is above 1, the whole range of the inputs: any image can be replaced"
+        for entry in suite.attacks
+        if entry.params.get("norm") == "linf"
+        for eps in entry.eps
+        if 1 < eps < math.inf
+    ]
 
 
 def _parse_entries(
@@ -279,6 +319,9 @@ def _parse_entries(
         label = table.get("label", name)
         if not isinstance(label, str) or not label:
             problems.append(f"{where}: 'label' must be a non-empty string, got {label!r}")
+            continue
+        if problem := text_problem(label):
+            problems.append(f"{where}: label {label!r} {problem}; labels are leaderboard cells")
             continue
         if label in labels:
             problems.append(
@@ -307,6 +350,8 @@ def _parse_entries(
         params_given = {k: v for k, v in table.items() if k not in ENTRY_KEYS and not (kind == "attack" and k == "eps")}
         params, param_problems = component.resolve_params(params_given)
         uses = _resolve_nested(params, component, registry, param_problems)
+        if kind == "attack" and isinstance(params.get("norm"), str) and (problem := text_problem(params["norm"])):
+            param_problems.append(f"'norm' {params['norm']!r} {problem}; the norm is a leaderboard cell")
         problems.extend(f"{where}: {p}" for p in param_problems)
         if not param_problems:
             entries.append(Entry(label=label, component=component, params=params, eps=eps, uses=uses))

@@ -80,9 +80,12 @@ def test_the_worst_case_counts_a_sample_robust_only_if_every_attack_failed(tmp_p
         row("pgd", 0.1, sum(p * c for p, c in zip(pgd, clean)) / 6, clean=5 / 6, n_samples=6),
         row("pgd", 0.3, 0.0, clean=5 / 6, n_samples=6),  # only one attack at eps 0.3: no worst case
     ]
-    outcomes = pd.concat([outcomes_for("fgsm-0.1-0-mlp", fgsm, clean), outcomes_for("pgd-0.1-0-mlp", pgd, clean)])
+    outcomes = pd.concat([outcomes_for("fgsm-0.1-0-mlp", fgsm, clean), outcomes_for("pgd-0.1-0-mlp", pgd, clean),
+                          outcomes_for("pgd-0.3-0-mlp", [0] * 6, clean)])  # fmt: skip
     frame = to_frame(rows)
     check_against(outcomes.copy(), frame, "hand-made")
+    with pytest.raises(ValidationError, match="1 cells disagree with their leaderboard row or have no outcomes"):
+        check_against(outcomes[outcomes["cell_id"] != "pgd-0.3-0-mlp"], frame, "an ok row without its outcomes")
     [worst] = worst_case(frame, outcomes).to_dict("records")
     # by hand: samples 0, 3, 5 survive both attacks; sample 4 is wrong even clean
     assert worst["attack"] == "worst-case" and worst["eps"] == 0.1 and worst["n_samples"] == 6
