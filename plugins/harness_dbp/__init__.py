@@ -82,4 +82,7 @@ def register_metrics(register: RegisterFunction) -> None:
     register("reconstruction-loss", "harness_dbp.metrics:ReconstructionLoss", higher_is_better=False,
              description="per-pixel Bernoulli negative log-likelihood of the test images' reconstructions")
     register("reconstruction-gradient", "harness_dbp.metrics:ReconstructionGradient", higher_is_better=False,
-             description="mean L2 norm of the reconstruction loss's input gradient (what DBP penalises)")
+             description="mean L2 norm of the reconstruction loss's input gradient through the network, the target "
+             "held fixed (what DBP penalises)")
+    register("encoder-gradient", "harness_dbp.metrics:EncoderGradient", higher_is_better=False,
+             description="mean Frobenius norm of the encoder mean's input Jacobian d(mu)/dx")

@@ -1,5 +1,6 @@
 """The paper's measures: the AUDDC of the latent and output attacks (Table 2) and, per trained
-autoencoder, the reconstruction loss and the size of its input gradient (Table 1)."""
+autoencoder, the reconstruction loss and the size of its input gradient (Table 1), with the
+encoder's own sensitivity beside it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 
 from harness.contracts import CellOutcome, Model, ModelMetric, SweepMetric
-from harness_dbp.models import ENCODE, RECONSTRUCT, input_gradient
+from harness_dbp.models import ENCODE, RECONSTRUCT
 
 STATISTICS = ("mean", "median")
 
@@ -73,12 +74,34 @@ class ReconstructionLoss(ModelMetric):
 
 
 class ReconstructionGradient(ModelMetric):
-    """The mean L2 norm of the reconstruction loss's input gradient, the quantity DBP penalises."""
+    """The mean L2 norm of the reconstruction loss's input gradient through the network (the
+    target held fixed), decoded from the encoder means: the quantity DBP penalises, and our reading
+    of the paper's Table 1 "magnitude of gradient dx'/dx"."""
 
     requires = frozenset({ENCODE, RECONSTRUCT})
 
     def evaluate(self, model: Model, x: torch.Tensor, y: torch.Tensor) -> float:
-        x = x.detach().clone().requires_grad_(True)
-        _, _, logits = model.run(x, sample=False)  # type: ignore[attr-defined]
-        loss = model.reconstruction_loss(logits, x)  # type: ignore[attr-defined]
-        return float(input_gradient(loss, x, create_graph=False).norm(dim=1).mean())
+        *_, gradient = model.reconstruction_gradient(x, sample=False, create_graph=False)  # type: ignore[attr-defined]
+        return float(gradient.norm(dim=1).mean())
+
+
+class EncoderGradient(ModelMetric):
+    """The mean Frobenius norm of the encoder mean's Jacobian d(mu)/dx: how far a small input change
+    moves the code the GMM head classifies, whatever the decoder does."""
+
+    requires = frozenset({ENCODE})
+
+    def evaluate(self, model: Model, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(encoder_jacobian_norms(model, x).mean())
+
+
+def encoder_jacobian_norms(model: Model, x: torch.Tensor) -> torch.Tensor:
+    """||d(mu)/dx||_F per image (B,), one backward pass per latent dimension (each image's mean
+    depends on its own input only, so the batch's sum gives every image's row at once)."""
+    x = x.detach().clone().requires_grad_(True)
+    mean, _ = model.encode(x)  # type: ignore[attr-defined]
+    squares = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+    for dimension in range(mean.shape[1]):
+        (row,) = torch.autograd.grad(mean[:, dimension].sum(), x, retain_graph=dimension + 1 < mean.shape[1])
+        squares += row.flatten(1).square().sum(dim=1)
+    return squares.sqrt()

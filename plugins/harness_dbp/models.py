@@ -4,7 +4,8 @@ Attack", Formulas 10-15).
 
 The DBP objective is the autoencoder's own training objective (Formulas 11 and 12): the
 reconstruction loss, ``kl_weight`` (lambda1) times the KL term, and ``dbp`` (lambda2) times the
-squared L2 norm of the reconstruction loss's input gradient, taken with
+squared L2 norm of the reconstruction loss's input gradient through the network, the target held
+fixed (see :meth:`Autoencoder.reconstruction_gradient`), taken with
 ``torch.autograd.grad(create_graph=True)``. With the paper's schedule lambda2 is 0 for the first
 half of the epochs; ``dbp = 0`` is the plain autoencoder.
 """
@@ -84,13 +85,36 @@ class Autoencoder(Model):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, state: TrainingState) -> torch.Tensor:
         weight = self.dbp_weight(state)
-        x = x.detach().requires_grad_(weight > 0)
-        mean, log_var, logits = self.run(x, sample=True)
-        reconstruction = self.reconstruction_loss(logits, x)
+        mean, log_var, reconstruction, gradient = self.reconstruction_gradient(
+            x, sample=True, create_graph=weight > 0, differentiate=weight > 0
+        )
         loss = reconstruction.mean() + self.kl_weight * kl_to_standard_normal(mean, log_var).mean()
         if weight > 0:
-            loss = loss + weight * input_gradient(reconstruction, x, create_graph=True).square().sum(dim=1).mean()
+            loss = loss + weight * gradient.square().sum(dim=1).mean()
         return loss
+
+    def reconstruction_gradient(
+        self, x: torch.Tensor, *, sample: bool, create_graph: bool, differentiate: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The latent Gaussian, the per-image reconstruction loss L_rec(d(e(x)), x_bar) and its
+        input gradient (B, C*H*W) through the network only, the target x_bar = x held fixed: the
+        quantity DBP penalises and ``reconstruction-gradient`` reports (None unless ``differentiate``).
+
+        Formula 10 writes grad_x L_rec(d(e(x)), x). Read literally, with x also the Bernoulli
+        target, that gradient is J^T (sigmoid(l) - x) - l (l the decoder's logits, J = dl/dx): mostly
+        the size of the logits, minimised by l = 0, a grey image whatever the input. Double
+        backpropagation (Drucker and LeCun) differentiates the loss with respect to the network's
+        input with the target fixed, and the paper's aim is a small dx'/dx (Section 3: "an
+        autoencoder with small dx'/dx", "restrict the gradient from the reconstruction image to the
+        original one"), so the target is held fixed: the penalty is ||J^T (sigmoid(l) - x_bar)||^2,
+        the reconstruction's sensitivity to its input weighted by its error.
+        """
+        target = x.detach()
+        x = target.clone().requires_grad_(differentiate)
+        mean, log_var, logits = self.run(x, sample=sample)
+        reconstruction = self.reconstruction_loss(logits, target)
+        gradient = input_gradient(reconstruction, x, create_graph=create_graph) if differentiate else None
+        return mean, log_var, reconstruction, gradient
 
     def reconstruction_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per image: the Bernoulli negative log-likelihood summed over pixels (B,)."""
