@@ -1,0 +1,110 @@
+"""The paper plugins' formulas against values computed by hand on tiny stub models: each test fails
+when its formula is broken (a KL's arguments swapped, a budget dropped, a weight left out), which a
+test that only asks "did training change the weights?" never notices."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from harness.contracts import Batch
+from harness_dbp.attacks import LatentAttack, gaussian_kl
+from harness_dbp.models import kl_to_standard_normal
+from harness_xvat import defenses
+from harness_xvat.divergence import kl_divergence
+
+BUDGET = {"labels": 0, "labeled_batch_size": 2, "unlabeled_batch_size": 2, "epochs": None}
+MASK = {"mode": "inductive", "l0_weight": 0.25, "lr_a": 0.0, "gamma": -0.1, "zeta": 1.1, "beta": 0.66, "center": 0.5}
+
+
+class LinearScores(torch.nn.Module):
+    """logits = x W for two pixels and two classes, in double precision; no batch norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor([[2.0, -1.0], [0.5, 1.5]], dtype=torch.float64))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight
+
+
+def probabilities(model: LinearScores, x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(model.logits(x), dim=1)
+
+
+def kl_by_hand(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row, written out."""
+    return sum(p[:, k] * torch.log(p[:, k] / q[:, k]) for k in range(p.shape[1]))
+
+
+def test_kl_divergence_is_kl_of_p_from_q_not_the_reverse():
+    p, q = torch.tensor([[0.9, 0.1]]), torch.tensor([[0.5, 0.5]])
+    value = kl_divergence(p.log(), q.log()).item()
+    assert value == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2))  # 0.368
+    assert value != pytest.approx(kl_divergence(q.log(), p.log()).item(), abs=0.1)  # 0.511 the other way
+
+
+def test_vat_adds_weight_times_kl_of_the_clean_from_the_eps_step(monkeypatch):
+    """VAT: loss + weight * KL(p(x) || p(x + eps d)); d is pinned, so eps and the order show."""
+    model = LinearScores()
+    direction = torch.tensor([[0.6, 0.8], [1.0, 0.0]], dtype=torch.float64)
+    monkeypatch.setattr(defenses, "virtual_adversarial_direction", lambda *args: direction)
+    vat = defenses.VirtualAdversarialTraining(eps=0.7, xi=1e-6, iterations=1, weight=3.0, **BUDGET)
+    vat.random = torch.Generator()
+    x = torch.tensor([[0.2, 0.9], [0.5, 0.1]], dtype=torch.float64)
+    state = SimpleNamespace(model=model)
+    loss = torch.tensor(1.25, dtype=torch.float64)
+    value = vat.regularise(state, None, Batch(x, torch.zeros(2, dtype=torch.long), torch.arange(2)), loss)
+    expected = kl_by_hand(probabilities(model, x), probabilities(model, x + 0.7 * direction)).mean()
+    assert value.item() == pytest.approx(1.25 + 3.0 * expected.item(), rel=1e-12)
+
+
+def test_xvat_adds_weight_times_kl_of_the_masked_from_the_clean_and_the_l0_term(monkeypatch):
+    """xVAT (the reference's order): loss + l0_weight * L0 + weight * KL(p(x_hat) || p(x))."""
+    model = LinearScores()
+    xvat = defenses.MultiplicativeVirtualAdversarialTraining(eps=2.0, weight=3.0, **MASK, **BUDGET)
+    x = torch.tensor([[0.2, 0.9], [0.5, 0.1]], dtype=torch.float64)
+    x_hat = torch.tensor([[0.9, 0.1], [0.0, 0.7]], dtype=torch.float64)
+    monkeypatch.setattr(xvat, "masked", lambda batch: (x_hat, torch.tensor(0.4, dtype=torch.float64)))
+    state = SimpleNamespace(model=model)
+    loss = torch.tensor(1.25, dtype=torch.float64)
+    value = xvat.regularise(state, None, Batch(x, torch.zeros(2, dtype=torch.long), torch.arange(2)), loss)
+    expected = kl_by_hand(probabilities(model, x_hat), probabilities(model, x)).mean()
+    assert value.item() == pytest.approx(1.25 + 0.25 * 0.4 + 3.0 * expected.item(), rel=1e-12)
+    reversed_order = kl_by_hand(probabilities(model, x), probabilities(model, x_hat)).mean()
+    assert abs(expected - reversed_order) > 0.05  # the test can tell the two orders apart
+
+
+def test_xat_mixes_the_loss_and_the_kl_distance_by_weight(monkeypatch):
+    model = LinearScores()
+    xat = defenses.MultiplicativeAdversarialTraining(distance="kl", eps=1.0, weight=0.3, **MASK, **BUDGET)
+    x = torch.tensor([[0.2, 0.9], [0.5, 0.1]], dtype=torch.float64)
+    x_hat = torch.tensor([[0.9, 0.1], [0.0, 0.7]], dtype=torch.float64)
+    monkeypatch.setattr(xat, "masked", lambda batch: (x_hat, torch.tensor(0.4, dtype=torch.float64)))
+    loss = torch.tensor(1.25, dtype=torch.float64)
+    value = xat.regularise(SimpleNamespace(model=model), Batch(x, torch.zeros(2, dtype=torch.long), torch.arange(2)), None, loss)
+    expected = kl_by_hand(probabilities(model, x_hat), probabilities(model, x)).mean()
+    assert value.item() == pytest.approx(0.7 * 1.25 + 0.25 * 0.4 + 0.3 * expected.item(), rel=1e-12)
+
+
+def test_gaussian_kl_matches_the_closed_form_in_its_order():
+    """KL(N(0, 1) || N(1, 4)) = ln 2 + (1 + 1) / 8 - 1/2; the other order is 1.307."""
+    zero, one = torch.zeros(1, 1), torch.ones(1, 1)
+    value = gaussian_kl(zero, zero, one, torch.full((1, 1), math.log(4.0))).item()
+    assert value == pytest.approx(math.log(2.0) + 0.25 - 0.5)
+    assert kl_to_standard_normal(torch.tensor([[1.0]]), torch.tensor([[math.log(4.0)]])).item() == pytest.approx(
+        0.5 * (1.0 + 4.0 - math.log(4.0) - 1.0)
+    )
+
+
+def test_the_latent_attack_brings_the_perturbed_code_close_in_kl_from_it_to_the_target():
+    """distance = KL(q(z | x_in) || q(z | x_target)) with a stub encoder (mean: pixel 0, log-variance:
+    pixel 1), so swapping the KL's arguments changes the value."""
+    encoder = SimpleNamespace(encode=lambda x: (x.flatten(1)[:, :1], x.flatten(1)[:, 1:2]))
+    x_in = torch.tensor([[0.0, 0.0]])
+    x_target = torch.tensor([[1.0, math.log(4.0)]])
+    attack = LatentAttack(norm="l2", pairs=1, iterations=1, lr=0.1, c_grid=[1.0], reconstructions=1)
+    assert attack.distance(encoder, x_in, x_target).item() == pytest.approx(math.log(2.0) - 0.25)
