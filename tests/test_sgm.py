@@ -65,6 +65,52 @@ def test_one_update_moves_each_input_by_the_input_rate_times_its_own_loss_gradie
     assert not torch.equal(moved, x)
 
 
+def test_the_batch_mean_scale_divides_each_step_by_its_batch_length(data):
+    """The authors' code: the gradient of the batch's mean loss, so each sample moves by input_lr / b
+    times its own gradient (b = 32 here; the last of the 50 samples' batches holds 18)."""
+    state = trained_state(data)
+    x, y = data.x_train[:50], data.y_train[:50]
+    own = own_loss_gradients(state.model, x, y)
+    lengths = torch.tensor([32] * 32 + [18] * 18, dtype=x.dtype).view(-1, 1, 1, 1)
+    moved = input_gradient_step(state.model, x, y, state, 0.2, sign=False, clip=False, scale="batch-mean")
+    assert torch.allclose(moved, x + 0.2 * own / lengths, atol=1e-7)
+    signed = input_gradient_step(state.model, x, y, state, 0.2, sign=True, clip=False, scale="batch-mean")
+    assert torch.allclose(signed, x + 0.2 * own.sign(), atol=1e-6)  # the scale does not change a sign
+    with pytest.raises(ValueError, match="scale must be one of"):
+        SmoothGradientMethod(**SGM, scale="sum")
+
+
+def test_keras_cross_entropy_clips_the_probabilities_and_so_the_gradient():
+    from harness_sgm.attacks import keras_cross_entropy
+
+    logits = torch.tensor([[2.0, 0.0], [30.0, 0.0]], requires_grad=True)
+    loss = keras_cross_entropy(logits, torch.tensor([0, 0]))
+    assert loss[0].item() == pytest.approx(-torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0].item())
+    assert loss[1].item() == pytest.approx(-torch.log(torch.tensor(1.0 - 1e-7)).item(), rel=1e-3)
+    (gradient,) = torch.autograd.grad(loss.sum(), logits)
+    assert gradient[0].abs().sum() > 0 and gradient[1].abs().sum() == 0  # the clip's dead zone
+
+
+def test_the_papers_fgsm_steps_in_training_mode_and_leaves_the_statistics_alone(data):
+    from harness_sgm.attacks import PaperFGSM
+
+    state = trained_state(data)
+    model = state.model.eval()
+    x, y = data.x_test[:20], data.y_test[:20]
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    seed_everything(3)
+    outcome = PaperFGSM().run(model, x, y, 0.1)
+    assert not model.training  # the mode is restored
+    assert all(torch.equal(buffer, before[name]) for name, buffer in model.named_buffers())
+    moved = (outcome.x_adv - x).abs()
+    assert moved.max() <= 0.1 + 1e-6 and outcome.x_adv.min() >= 0 and outcome.x_adv.max() <= 1
+    seed_everything(3)
+    again = PaperFGSM().run(model, x, y, 0.1).x_adv
+    seed_everything(4)
+    other = PaperFGSM().run(model, x, y, 0.1).x_adv
+    assert torch.equal(again, outcome.x_adv) and not torch.equal(other, outcome.x_adv)  # dropout drawn: train mode
+
+
 def test_the_paper_leaves_updated_inputs_unbounded_and_clip_keeps_them_in_range(data):
     state = trained_state(data)
     x, y = data.x_train, data.y_train

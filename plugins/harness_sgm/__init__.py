@@ -39,9 +39,24 @@ def register_defenses(register: RegisterFunction) -> None:
     register(
         "sgm",
         "harness_sgm.defense:SmoothGradientMethod",
-        params={"input_lr": 0.2, "sign": False, "clip": False, "start_epoch": 0},
+        params={"input_lr": 0.2, "sign": False, "clip": False, "start_epoch": 0, "scale": "per-sample"},
+        choices={"scale": ("per-sample", "batch-mean")},
         # input_lr 0 moves nothing: the control, trained exactly as without the defense.
         ranges={"input_lr": NON_NEGATIVE, "start_epoch": NON_NEGATIVE},
         description="Smooth Gradient Method (Eq. 21): after each epoch from start_epoch, every stored training "
-        "input moves by input_lr times its own loss gradient (sign: its sign, Eq. 20); clip: keep them in [0, 1]",
+        "input moves by input_lr times its own loss gradient (sign: its sign, Eq. 20); clip: keep them in [0, 1]; "
+        "scale: per-sample (the equation) or batch-mean (the authors' code: input_lr / batch size per sample)",
+    )
+
+
+@hookimpl
+def register_attacks(register: RegisterFunction) -> None:
+    register(
+        "sgm-paper-fgsm",
+        "harness_sgm.attacks:PaperFGSM",
+        params={"norm": "linf"},
+        choices={"norm": ("linf",)},
+        description="the SGM paper's weaker FGSM protocol: the gradient in training mode (dropout on) of Keras' "
+        "cross-entropy with probabilities clipped to [1e-7, 1 - 1e-7]; reuse one model's perturbations through "
+        "the transfer attack, as the paper does; clipped to [0, 1] (the paper's are not)",
     )
