@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 
 from harness.errors import one_line
-from harness.files import describe, write_atomically
+from harness.files import describe, probe_folder, write_atomically
 
 FORMAT = 3  # 3: entries carry a digest of their tensors
 KINDS = ("models", "heads", "attacks")
@@ -82,12 +81,9 @@ class ArtifactCache:
         try:
             if self.directory.exists() and not self.directory.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.directory))
-            self.directory.mkdir(parents=True, exist_ok=True)
             for folder in (self.directory, *(self.directory / kind for kind in KINDS)):
                 if folder is self.directory or folder.exists():
-                    handle, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)
-                    os.close(handle)
-                    os.unlink(tmp)
+                    probe_folder(folder, "probe")
         except OSError as exc:
             self._stop_saving(exc)
         return self.writable

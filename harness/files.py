@@ -49,12 +49,19 @@ def check_writable(path: Path, what: str) -> None:
                 if not folder.is_dir():
                     raise OutputError(f"cannot write {what} {path}: {folder} is a file, not a folder")
                 break
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        os.unlink(tmp)
+        probe_folder(path.parent, path.name)
     except OSError as exc:
         raise OutputError(f"cannot write {what} {_short(path)}: {describe(exc)}") from None
+
+
+def probe_folder(folder: Path, name: str) -> None:
+    """Make ``folder`` if needed, then create and remove in it a temporary file named as
+    :func:`write_atomically` names one for ``name``; raise the :class:`OSError` that a write there
+    would meet (a read-only or full file system, a name too long, a parent that is a file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(handle)
+    os.unlink(tmp)
 
 
 def describe(exc: OSError) -> str:

@@ -73,7 +73,7 @@ def text_problem(text: str) -> str | None:
     return splits the row, a NUL byte truncates it); free text the harness writes (messages,
     plugin-supplied names) is escaped instead, by :func:`write_leaderboard`.
     """
-    if any(unicodedata.category(c) == "Cc" for c in text):
+    if _has_control(text):
         return "holds a control character (a line break, tab, NUL or the like)"
     if text.startswith(FORMULA_STARTS):
         return f"starts with {text[0]!r}, which a spreadsheet runs as a formula"
@@ -83,8 +83,16 @@ def text_problem(text: str) -> str | None:
 def escaped(text: str) -> str:
     """Free text made safe for a leaderboard cell: control characters become spaces, and a cell
     that a spreadsheet would run as a formula gets OWASP's leading apostrophe. Idempotent."""
-    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+    text = "".join(" " if _is_control(c) else c for c in text)
     return ESCAPE + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _is_control(character: str) -> bool:
+    return unicodedata.category(character) == "Cc"
+
+
+def _has_control(text: str) -> bool:
+    return any(map(_is_control, text))
 
 
 def metric_columns(columns: Iterable[str]) -> list[str]:
@@ -147,7 +155,7 @@ def validate_frame(frame: pd.DataFrame) -> list[str]:
         return int(index) + 2  # header is line 1
 
     for column in columns:
-        if any(unicodedata.category(c) == "Cc" for c in column):
+        if _has_control(column):
             problems.append(f"column name {column!r} holds a control character")
     for column in TEXT_COLUMNS:
         values = frame[column].dropna().astype(str)

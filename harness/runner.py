@@ -182,7 +182,8 @@ def _run_locked(suite: Suite, registry: Registry, options: RunOptions, warn: Cal
             if cell is None:
                 stale += 1
             elif record["status"] in COMPLETE:
-                labels = {column: base_row(cell)[column] for column in LABEL_COLUMNS}
+                identity = base_row(cell)
+                labels = {column: identity[column] for column in LABEL_COLUMNS}
                 relabelled += any(record[column] != value for column, value in labels.items())
                 rows[cell.cell_id] = {**record, **labels}  # the suite names its cells; a renamed label follows
         if previous is None:
