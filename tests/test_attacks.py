@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness_art.attacks import FGSM, PGD
+from harness_art.attacks import FGSM, PGD, MarginLoss
 from harness_classifiers.models import MLP, SmallCNN
 from harness_datasets.loaders import load_digits
 
-from harness.contracts import perturbation_norms
+from harness.contracts import LOGITS, Model, perturbation_norms
 from harness.testing import make_context
 from harness.training import predict_batched, seed_everything
 
@@ -45,7 +45,15 @@ def test_cnn_builds_for_any_image_size():
         assert model.logits(torch.rand(3, *shape)).shape == (3, 10)
 
 
-@pytest.mark.parametrize("attack", [FGSM("linf", 0, 64), FGSM("l2", 0, 64), PGD("linf", None, 10, 1, 64), PGD("l2", None, 10, 0, 64)])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        FGSM("linf", 0, 64, "cross-entropy"),
+        FGSM("l2", 0, 64, "margin"),
+        PGD("linf", None, 10, 1, 64, "margin"),
+        PGD("l2", None, 10, 0, 64, "cross-entropy"),
+    ],
+)
 @pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
 def test_perturbations_respect_the_threat_model(trained_mlp, digits, attack, eps):
     x, y = digits.x_test[:100], digits.y_test[:100]
@@ -66,8 +74,8 @@ def test_pgd_is_stronger_than_fgsm_and_accuracy_falls_with_eps(trained_mlp, digi
     previous = clean
     for eps in (0.05, 0.1, 0.2):
         seed_everything(0)
-        fgsm = accuracy(trained_mlp, FGSM("linf", 0, 256).run(trained_mlp, x, y, eps).x_adv, y)
-        pgd = accuracy(trained_mlp, PGD("linf", None, 20, 0, 256).run(trained_mlp, x, y, eps).x_adv, y)
+        fgsm = accuracy(trained_mlp, FGSM("linf", 0, 256, "cross-entropy").run(trained_mlp, x, y, eps).x_adv, y)
+        pgd = accuracy(trained_mlp, PGD("linf", None, 20, 0, 256, "cross-entropy").run(trained_mlp, x, y, eps).x_adv, y)
         assert pgd <= fgsm <= clean
         assert pgd <= previous
         previous = pgd
@@ -77,7 +85,7 @@ def test_pgd_is_stronger_than_fgsm_and_accuracy_falls_with_eps(trained_mlp, digi
 def test_pgd_uses_arts_pytorch_implementation(trained_mlp):
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
 
-    pgd = PGD("linf", None, 40, 0, 32)
+    pgd = PGD("linf", None, 40, 0, 32, "cross-entropy")
     art_attack = pgd.art_attack(pgd.classifier(trained_mlp, CPU), 0.1)
     assert type(art_attack) is ProjectedGradientDescentPyTorch
     assert art_attack.eps_step == pytest.approx(2.5 * 0.1 / 40)
@@ -92,7 +100,7 @@ def test_parameters_are_frozen_during_the_attack_and_restored(trained_mlp, digit
         return original(x)
 
     monkeypatch.setattr(trained_mlp, "logits", spy)
-    PGD("linf", None, 3, 0, 64).run(trained_mlp, digits.x_test[:10], digits.y_test[:10], 0.1)
+    PGD("linf", None, 3, 0, 64, "cross-entropy").run(trained_mlp, digits.x_test[:10], digits.y_test[:10], 0.1)
     assert seen and not any(seen)
     assert all(p.requires_grad for p in trained_mlp.parameters())
 
@@ -100,7 +108,7 @@ def test_parameters_are_frozen_during_the_attack_and_restored(trained_mlp, digit
 def test_arts_switch_to_eval_mode_is_undone(trained_mlp, digits):
     trained_mlp.train()
     try:
-        PGD("linf", None, 3, 0, 64).run(trained_mlp, digits.x_test[:10], digits.y_test[:10], 0.1)
+        PGD("linf", None, 3, 0, 64, "cross-entropy").run(trained_mlp, digits.x_test[:10], digits.y_test[:10], 0.1)
         assert all(m.training for m in trained_mlp.modules())
     finally:
         trained_mlp.eval()
@@ -111,5 +119,61 @@ def test_same_seed_same_adversarial_examples(trained_mlp, digits):
     outputs = []
     for _ in range(2):
         seed_everything(7)
-        outputs.append(PGD("linf", None, 5, 1, 64).run(trained_mlp, x, y, 0.1).x_adv)
+        outputs.append(PGD("linf", None, 5, 1, 64, "cross-entropy").run(trained_mlp, x, y, 0.1).x_adv)
     assert torch.equal(outputs[0], outputs[1])
+
+
+# --- the margin loss --------------------------------------------------------------------------
+
+
+def test_margin_loss_is_the_carlini_wagner_margin():
+    scores = torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 4.0]])
+    loss = MarginLoss()
+    # row 0, true class 0: 3 - 1 = 2; row 1, true class 2: 0 - 4 = -4
+    assert loss(scores, torch.tensor([0, 2])).item() == pytest.approx(-1.0)
+    # row 0, true class 1 (the largest): 2 - 3 = -1; row 1, true class 1: 4 - (-1) = 5
+    assert loss(scores, torch.tensor([1, 1])).item() == pytest.approx(2.0)
+    one_hot = torch.nn.functional.one_hot(torch.tensor([0, 2]), 3).float()  # what ART hands it
+    assert loss(scores, one_hot).item() == pytest.approx(-1.0)
+
+
+class SharpScores(Model):
+    """A trained classifier whose scores are its logits times 10^4: log-densities' margins."""
+
+    capabilities = frozenset({LOGITS})
+
+    def __init__(self, inner: Model):
+        super().__init__(inner.input_shape, inner.num_classes)
+        self.inner = inner
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return 1e4 * self.inner.logits(x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x).argmax(dim=1)
+
+
+def test_the_margin_keeps_a_gradient_where_the_cross_entropy_saturates(trained_mlp, digits):
+    """On far-apart scores the cross-entropy's input gradient is exactly zero for most inputs, so
+    PGD cannot move them; the margin's is non-zero for every input, and PGD on it breaks the model."""
+    model = SharpScores(trained_mlp).eval()
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    one_hot = torch.nn.functional.one_hot(y, 10).numpy().astype("float32")
+    zero = {}
+    for loss in ("cross-entropy", "margin"):
+        estimator = PGD("linf", None, 10, 0, 64, loss).classifier(model, CPU)
+        gradient = torch.from_numpy(estimator.loss_gradient(x.numpy(), one_hot))
+        zero[loss] = (gradient.flatten(1).abs().amax(dim=1) == 0).double().mean().item()
+    assert zero["cross-entropy"] > 0.5
+    assert zero["margin"] == 0
+    seed_everything(0)
+    robust = {
+        loss: accuracy(model, PGD("linf", None, 20, 0, 256, loss).run(model, x, y, 0.2).x_adv, y)
+        for loss in ("cross-entropy", "margin")
+    }
+    assert robust["margin"] < 0.5 * robust["cross-entropy"]
+
+
+def test_an_unknown_loss_is_refused():
+    with pytest.raises(ValueError, match="loss must be one of cross-entropy, margin"):
+        PGD("linf", None, 10, 0, 64, "hinge")

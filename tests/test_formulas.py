@@ -16,7 +16,7 @@ from harness_dbp.models import kl_to_standard_normal
 from harness_xvat import defenses
 from harness_xvat.divergence import kl_divergence
 
-BUDGET = {"labels": 0, "labeled_batch_size": 2, "unlabeled_batch_size": 2, "epochs": None}
+BUDGET = {"labels": 0, "labeled_batch_size": 2, "unlabeled_batch_size": 2, "epochs": None, "batch_stats": "running"}
 MASK = {"mode": "inductive", "l0_weight": 0.25, "lr_a": 0.0, "gamma": -0.1, "zeta": 1.1, "beta": 0.66, "center": 0.5}
 
 

@@ -33,14 +33,20 @@ from harness_xvat.defenses import (
     PlainTraining,
     VirtualAdversarialTraining,
 )
-from harness_xvat.divergence import batch_stats_frozen, kl_divergence, normalised, virtual_adversarial_direction
+from harness_xvat.divergence import (
+    batch_stats_frozen,
+    kl_divergence,
+    normalised,
+    reestimate_batch_stats,
+    virtual_adversarial_direction,
+)
 from harness_xvat.loop import CLOCK, balanced_labels
 from harness_xvat.masks import HardConcrete, MaskGenerator, apply_mask
 from harness_xvat.metrics import SecondsPerEpoch
 from harness_xvat.models import BatchNormMLP
 
 LEADERBOARDS = Path(__file__).parents[1] / "leaderboards"
-BUDGET = {"labels": 0, "labeled_batch_size": 16, "unlabeled_batch_size": 32, "epochs": None}
+BUDGET = {"labels": 0, "labeled_batch_size": 16, "unlabeled_batch_size": 32, "epochs": None, "batch_stats": "pool"}
 MASK = {"mode": "inductive", "l0_weight": 1.0, "lr_a": None, "gamma": -0.1, "zeta": 1.1, "beta": 0.66, "center": 0.5}
 
 
@@ -217,6 +223,39 @@ def test_regulariser_forwards_leave_the_batch_norm_statistics_alone(data):
     assert norm.track_running_stats
     model.logits(data.x_train[:32])
     assert not torch.equal(running[0], norm.running_mean)
+
+
+def test_batch_stats_are_re_estimated_as_the_pools_mean_and_variance(data):
+    """The first batch norm's statistics after re-estimation are the pool's: the mean of its
+    inputs exactly, the variance as the size-weighted average of the (unbiased) per-batch ones."""
+    seed_everything(0)
+    model = tiny_mlp(data).train()
+    model.logits(data.x_train[:32])  # running statistics that are not the pool's
+    norm = model.net[2]
+    momentum = norm.momentum
+    x = data.x_train[:150]  # batches of 64, 64 and 22
+    reestimate_batch_stats(model, model.logits, x, batch_size=64)
+    with torch.no_grad():
+        pre = model.net[1](model.net[0](x))
+    assert torch.allclose(norm.running_mean, pre.mean(dim=0), atol=1e-5)
+    per_batch = sum(len(chunk) * chunk.var(dim=0) for chunk in pre.split(64)) / len(x)
+    assert torch.allclose(norm.running_var, per_batch, rtol=1e-4, atol=1e-6)
+    assert norm.momentum == momentum and model.training
+
+
+@pytest.mark.parametrize("batch_stats", ["pool", "running"])
+def test_defenses_test_with_the_pools_statistics_unless_asked_for_the_running_ones(data, batch_stats):
+    seed_everything(0)
+    defense = PlainTraining(**{**BUDGET, "batch_stats": batch_stats})
+    model = defense.prepare(tiny_mlp(data))
+    defense.train(model, data, make_context(0))
+    norm = model.net[2]
+    with torch.no_grad():
+        pool_mean = model.net[1](model.net[0](data.x_train)).mean(dim=0)
+    close = torch.allclose(norm.running_mean, pool_mean, atol=1e-4)
+    assert close == (batch_stats == "pool")
+    with pytest.raises(ValueError, match="batch_stats"):
+        PlainTraining(**{**BUDGET, "batch_stats": "test"})
 
 
 # --- the label budget ---------------------------------------------------------------------------

@@ -5,6 +5,11 @@ runs its PyTorch implementation. Parameters are frozen by :meth:`harness.contrac
 which keeps ART's ``loss.backward()`` from computing parameter gradients it never uses, and puts
 back the train/eval mode that ART changes. ART draws its random initialisations from NumPy's
 global generator, which the runner seeds per cell, not from the ``generator`` argument.
+
+The loss ART ascends is the cross-entropy of the model's scores, or the Carlini-Wagner margin
+(``loss = "margin"``) for models whose scores are not calibrated logits: on class log-densities
+whose margins run to hundreds (the DBP GMM head) float32's softmax is exactly one-hot, and the
+cross-entropy's input gradient is exactly zero on many inputs, so PGD never moves them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,22 @@ from harness.contracts import Attack, Model
 ART_NORMS = {"linf": np.inf, "l2": 2}
 
 
+class MarginLoss(nn.Module):
+    """The Carlini-Wagner margin ``max_{j != y} z_j - z_y``, averaged over the batch; positive once
+    the input is misclassified. Its gradient is that of two scores, which never saturates. ART hands
+    a loss it does not know one-hot labels; class indices are accepted too."""
+
+    def forward(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dim() == 2:
+            target = target.argmax(dim=1)
+        true = scores.gather(1, target.long()[:, None]).squeeze(1)
+        is_true = nn.functional.one_hot(target.long(), scores.shape[1]).bool()
+        return (scores.masked_fill(is_true, float("-inf")).amax(dim=1) - true).mean()
+
+
+LOSSES = {"cross-entropy": nn.CrossEntropyLoss, "margin": MarginLoss}
+
+
 class _Logits(nn.Module):
     """Exposes ``model.logits`` as the forward pass ART differentiates."""
 
@@ -33,8 +54,11 @@ class _Logits(nn.Module):
 
 
 class ARTAttack(Attack):
-    def __init__(self, norm: str, num_random_init: int, batch_size: int):
+    def __init__(self, norm: str, num_random_init: int, batch_size: int, loss: str):
         super().__init__(norm)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got '{loss}'")
+        self.loss = loss
         self.num_random_init = num_random_init
         self.batch_size = batch_size
         self._wrapped: tuple[Model, Any] | None = None
@@ -46,7 +70,7 @@ class ARTAttack(Attack):
 
             estimator = PyTorchClassifier(
                 model=_Logits(model),
-                loss=nn.CrossEntropyLoss(),
+                loss=LOSSES[self.loss](),
                 input_shape=model.input_shape,
                 nb_classes=model.num_classes,
                 clip_values=(0.0, 1.0),
@@ -87,8 +111,10 @@ class FGSM(ARTAttack):
 
 
 class PGD(ARTAttack):
-    def __init__(self, norm: str, eps_step: float | None, max_iter: int, num_random_init: int, batch_size: int):
-        super().__init__(norm, num_random_init, batch_size)
+    def __init__(
+        self, norm: str, eps_step: float | None, max_iter: int, num_random_init: int, batch_size: int, loss: str
+    ):
+        super().__init__(norm, num_random_init, batch_size, loss)
         self.eps_step = eps_step
         self.max_iter = max_iter
 

@@ -7,9 +7,14 @@ from __future__ import annotations
 from harness.hookspecs import hookimpl
 from harness.registry import FRACTION, NON_NEGATIVE, POSITIVE, ComponentTable, Range, RegisterFunction
 
-LABEL_BUDGET = {"labels": 0, "labeled_batch_size": 100, "unlabeled_batch_size": 250, "epochs": None}
+LABEL_BUDGET = {
+    "labels": 0, "labeled_batch_size": 100, "unlabeled_batch_size": 250, "epochs": None, "batch_stats": "pool",
+}
 """Semi-supervised training keeps ``labels`` labels (0: all), with the reference's MNIST batch
-sizes; ``epochs`` (passes over the training pool) overrides the model's."""
+sizes; ``epochs`` (passes over the training pool) overrides the model's. ``batch_stats``: the
+batch-norm statistics the model is tested with, re-estimated over the whole pool after training
+(``"pool"``, the official VAT's) or the running averages of training (``"running"``)."""
+BATCH_STATS = ("pool", "running")
 BUDGET_RANGES = {
     "labels": NON_NEGATIVE, "labeled_batch_size": POSITIVE, "unlabeled_batch_size": POSITIVE, "epochs": POSITIVE,
 }
@@ -47,6 +52,7 @@ def register_defenses(register: RegisterFunction) -> None:
         "mle",
         "harness_xvat.defenses:PlainTraining",
         params=dict(LABEL_BUDGET),
+        choices={"batch_stats": BATCH_STATS},
         ranges=BUDGET_RANGES,
         description="plain training (the paper's MLE baseline) on the labels kept, with seconds per epoch",
     )
@@ -55,6 +61,7 @@ def register_defenses(register: RegisterFunction) -> None:
         "harness_xvat.defenses:AdversarialTraining",
         params={"attack": ComponentTable("attack", {"name": "fgsm", "norm": "linf", "eps": 0.1}), "weight": 0.5,
                 **LABEL_BUDGET},
+        choices={"batch_stats": BATCH_STATS},
         ranges={"weight": FRACTION, **BUDGET_RANGES},
         description="adversarial training (Goodfellow et al.): (1 - weight) * loss + weight * loss on the inner "
         "attack's examples (FGSM or PGD, Linf or L2) of the labelled batch",
@@ -63,6 +70,7 @@ def register_defenses(register: RegisterFunction) -> None:
         "vat",
         "harness_xvat.defenses:VirtualAdversarialTraining",
         params={"eps": 2.0, "xi": 1e-6, "iterations": 1, "weight": 1.0, **LABEL_BUDGET},
+        choices={"batch_stats": BATCH_STATS},
         ranges={"eps": POSITIVE, "xi": POSITIVE, "iterations": POSITIVE, "weight": NON_NEGATIVE, **BUDGET_RANGES},
         description="virtual adversarial training (Miyato et al.): loss + weight * KL to the input moved eps "
         "along the power-iteration direction (xi, iterations), on the unlabelled batch",
@@ -71,7 +79,7 @@ def register_defenses(register: RegisterFunction) -> None:
         "xat",
         "harness_xvat.defenses:MultiplicativeAdversarialTraining",
         params={"eps": 1.0, "weight": 0.5, "distance": "kl", **MASK},
-        choices={"mode": ("inductive", "transductive"), "distance": ("kl", "ce")},
+        choices={"mode": ("inductive", "transductive"), "distance": ("kl", "ce"), "batch_stats": BATCH_STATS},
         ranges={**MASK_RANGES, "weight": FRACTION},
         description="multiplicative adversarial training: (1 - weight) * loss + weight * distance to the "
         "hard-concrete-masked labelled batch + l0_weight * L0; the mask trained by ascent in the same step",
@@ -80,7 +88,7 @@ def register_defenses(register: RegisterFunction) -> None:
         "xvat",
         "harness_xvat.defenses:MultiplicativeVirtualAdversarialTraining",
         params={"eps": 2.0, "weight": 1.0, **MASK},
-        choices={"mode": ("inductive", "transductive")},
+        choices={"mode": ("inductive", "transductive"), "batch_stats": BATCH_STATS},
         ranges={**MASK_RANGES, "weight": NON_NEGATIVE},
         description="multiplicative virtual adversarial training: loss + weight * KL of the hard-concrete-masked "
         "unlabelled batch + l0_weight * L0; the mask (generator or per-example) trained by ascent in the same step",

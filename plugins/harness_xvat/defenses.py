@@ -16,7 +16,9 @@ from harness_xvat.masks import ExampleLogAlpha, HardConcrete, MaskGenerator, app
 
 MODES = ("inductive", "transductive")
 GENERATOR_LR = {"inductive": 1e-6, "transductive": 1e-3}
-"""The reference scripts' ``lr_a`` on MNIST for each mode."""
+"""The reference scripts' ``lr_a`` on MNIST for each mode, supervised and semi-supervised alike.
+The first commit of ``scripts/run_l0vat_mnist_inductive.sh`` (cc95668, 2020-03-17) had 1e-5 for the
+semi-supervised inductive run; the next day's commit (d1086ac) set it to 1e-6, which we follow."""
 
 
 class PlainTraining(PerturbationDefense):

@@ -1,5 +1,6 @@
 """The divergences and the virtual adversarial direction that VAT and xVAT regularise with, and
-the forward passes that leave batch-norm statistics alone (the reference's ``update_batch_stats=False``)."""
+the forward passes that leave batch-norm statistics alone (the reference's ``update_batch_stats=False``)
+or re-estimate them over the whole pool (the official VAT's evaluation)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,32 @@ def batch_stats_frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for module in norms:
             module.track_running_stats = True
+
+
+def reestimate_batch_stats(model: nn.Module, forward: Callable[[torch.Tensor], object], x: torch.Tensor, batch_size: int) -> None:
+    """Replace every batch norm's running statistics by their average over ``x`` in batches of
+    ``batch_size`` (training-mode forwards, no gradients), each batch weighted by its size: the
+    official VAT tests with statistics of the whole training pool, not the running averages that
+    the last steps dominate. Leaves the model in training mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+    model.train()
+    device = next(model.parameters()).device
+    seen = 0
+    try:
+        with torch.no_grad():
+            for chunk in x.split(batch_size):
+                seen += len(chunk)
+                for module in norms:
+                    module.momentum = len(chunk) / seen  # the running value becomes the size-weighted mean
+                forward(chunk.to(device))
+    finally:
+        for module, momentum in zip(norms, momenta):
+            module.momentum = momentum
 
 
 def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from harness.contracts import Batch, Dataset, Model, TrainContext, TrainingLoopDefense, TrainingState
+from harness_xvat.divergence import reestimate_batch_stats
 
 CLOCK = "epoch_clock"
 """The capability of a model trained by a defense of this plugin: ``model.epoch_clock()`` is the
@@ -62,11 +63,16 @@ class PerturbationDefense(TrainingLoopDefense):
     batch (the same batch when every label is kept).
     """
 
-    def __init__(self, *, labels: int, labeled_batch_size: int, unlabeled_batch_size: int, epochs: int | None):
+    def __init__(
+        self, *, labels: int, labeled_batch_size: int, unlabeled_batch_size: int, epochs: int | None, batch_stats: str
+    ):
         if labels < 0 or labeled_batch_size < 1 or unlabeled_batch_size < 1:
             raise ValueError("labels must be at least 0 (0: keep all) and the batch sizes at least 1")
         if epochs is not None and epochs < 1:
             raise ValueError(f"epochs must be at least 1 (or unset: the model's), got {epochs}")
+        if batch_stats not in ("pool", "running"):
+            raise ValueError(f"batch_stats must be 'pool' or 'running', got '{batch_stats}'")
+        self.batch_stats = batch_stats
         self.labels = labels
         self.epochs = epochs
         self.labeled_batch_size = labeled_batch_size
@@ -110,6 +116,8 @@ class PerturbationDefense(TrainingLoopDefense):
     def training_finished(self, state: TrainingState) -> None:
         seconds = sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else 0.0
         getattr(state.model, CLOCK).seconds.fill_(seconds)
+        if self.batch_stats == "pool":
+            reestimate_batch_stats(state.model, state.model.predict, state.x_train, state.settings.batch_size)
 
     def prepare_batch(self, state: TrainingState, batch: Batch) -> Batch:
         self.unlabeled = batch

@@ -24,7 +24,7 @@ from harness_xvat.models import BatchNormMLP
 from harness.testing import make_context
 from harness.training import seed_everything
 
-BUDGET = {"labels": 0, "labeled_batch_size": 100, "unlabeled_batch_size": 250, "epochs": 1}
+BUDGET = {"labels": 0, "labeled_batch_size": 100, "unlabeled_batch_size": 250, "epochs": 1, "batch_stats": "pool"}
 MASK = {"l0_weight": 1.0, "lr_a": None, "gamma": -0.1, "zeta": 1.1, "beta": 0.66, "center": 0.5}
 DEFENSES = {
     "vat": lambda: VirtualAdversarialTraining(eps=2.0, xi=1e-6, iterations=1, weight=1.0, **BUDGET),
