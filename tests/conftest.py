@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.cli import main
@@ -12,6 +15,17 @@ from harness.cli import main
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 SHARED = ROOT.parent / "shared"
+
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
+    """``array`` written as an IDX file (gzipped if asked), as MNIST's files are."""
+    codes = {np.uint8: 0x08, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}
+    header = struct.pack(">BBBB", 0, 0, codes[array.dtype.type], array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
 
 TINY_SUITE = """
 name = "tiny"

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, write_idx
 from harness_datasets.idx import read_idx
 from harness_datasets.loaders import load_digits, load_idx_pair, load_mnist
 
 MNIST_9K = SHARED / "datasets" / "mnist-9k"
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
-    codes = {np.uint8: 0x08, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}
-    header = struct.pack(">BBBB", 0, 0, codes[array.dtype.type], array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    raw = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    path.write_bytes(gzip.compress(raw) if compress else raw)
-    return path
 
 
 @pytest.mark.parametrize("compress", [False, True])

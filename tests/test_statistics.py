@@ -19,6 +19,7 @@ from harness.statistics import (
     paired_difference_interval,
     unpaired_difference_interval,
     wilcoxon_paired,
+    wilson_interval,
 )
 
 
@@ -88,6 +89,10 @@ def test_wilcoxon_five_seeds_cannot_reach_five_percent() -> None:
     assert result.underpowered(0.05)
     assert not result.underpowered(0.1)
     assert not wilcoxon_paired(range(6), [x + 1 + x / 10 for x in range(6)]).underpowered(0.05)
+    # the default level is 5%, and a test that can just reach it is not underpowered
+    three = wilcoxon_paired([0.1, 0.2, 0.3], [0.2, 0.4, 0.6])
+    assert three.min_p_value == pytest.approx(0.25) and three.underpowered()
+    assert not Wilcoxon(n=6, statistic=0.0, p_value=0.05, method="exact", min_p_value=0.05).underpowered()
 
 
 def test_wilcoxon_with_ties_and_zeros_uses_scipys_default() -> None:
@@ -179,6 +184,8 @@ def test_holm_caps_at_one_and_rejects_bad_p_values() -> None:
     assert holm_adjusted([0.6, 0.9]) == pytest.approx([1.0, 1.0])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         holm_adjusted([0.5, 1.5])
+    assert holm_adjusted([0.0, 1.0]) == pytest.approx([0.0, 1.0])  # both ends are p-values
+    assert holm([0.05]) == [True] and holm([0.025, 0.05]) == [True, True]  # reject at q = alpha
 
 
 # Intervals
@@ -189,6 +196,17 @@ def test_wilson_matches_scipy() -> None:
     for successes, n in ((0, 10), (7, 34), (10, 10), (48, 80)):
         expected = stats.binomtest(successes, n).proportion_ci(0.95, method="wilson")
         assert _wilson(successes, n, z) == pytest.approx((expected.low, expected.high))
+
+
+def test_wilson_interval_by_hand_and_its_edges() -> None:
+    # 8 of 10 at 95%, by hand: centre (0.8 + z^2 / 20) / (1 + z^2 / 10) = 0.7167, half-width 0.2266
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=5e-5)
+    z = stats.norm.ppf(0.95)
+    assert wilson_interval(1, 1, confidence=0.9) == pytest.approx((1 / (1 + z * z), 1.0))
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    for confidence in (0.0, 1.0):
+        with pytest.raises(ValueError, match="confidence"):
+            wilson_interval(5, 10, confidence=confidence)
 
 
 def test_unpaired_interval_worked_examples() -> None:
@@ -208,6 +226,9 @@ def test_unpaired_interval_properties() -> None:
     for extreme in (unpaired_difference_interval(10, 10, 0, 10), unpaired_difference_interval(0, 10, 10, 10)):
         assert -1 <= extreme[0] <= extreme[1] <= 1
     assert all(math.isnan(x) for x in unpaired_difference_interval(0, 0, 3, 5))
+    assert all(math.isnan(x) for x in unpaired_difference_interval(3, 5, 0, 0))
+    one = unpaired_difference_interval(3, 5, 1, 1)  # one trial is a sample
+    assert not any(math.isnan(x) for x in one) and one[0] < -0.4 < one[1]
     with pytest.raises(ValueError, match="successes"):
         unpaired_difference_interval(6, 5, 3, 5)
     with pytest.raises(ValueError, match="confidence"):
@@ -270,3 +291,9 @@ def test_mean_interval_edge_cases() -> None:
         mean_interval([])
     with pytest.raises(ValueError):
         mean_interval([0.5, float("nan")])
+    # two seeds: t(0.975, 1) = 12.706 times the standard error 0.1414 / sqrt(2) = 0.1
+    mean, low, high = mean_interval([0.5, 0.7])
+    assert (mean, low, high) == pytest.approx((0.6, 0.6 - 1.27062, 0.6 + 1.27062), abs=1e-5)
+    for confidence in (0.0, 1.0):
+        with pytest.raises(ValueError, match="confidence"):
+            mean_interval([0.5, 0.7], confidence=confidence)

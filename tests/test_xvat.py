@@ -428,3 +428,45 @@ def test_small_xvat_suite_runs_and_reuses_its_models(cli, tmp_path):
     again = read_leaderboard(tmp_path / "again.csv")
     assert again["train_seconds"].equals(rows["train_seconds"])
     assert again["metric_seconds-per-epoch"].equals(rows["metric_seconds-per-epoch"])
+
+
+# --- VAT's learning curve -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def idx_folder(tmp_path):
+    """1,200 random 28x28 digits, 120 per class, as IDX files: the curve's dataset leaves 200 to train."""
+    from conftest import write_idx
+
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "images-idx3-ubyte.gz", rng.integers(0, 256, (1200, 28, 28), dtype=np.uint8), True)
+    write_idx(tmp_path / "labels-idx1-ubyte.gz", np.repeat(np.arange(10, dtype=np.uint8), 120), True)
+    return tmp_path
+
+
+def test_the_learning_curve_records_each_checkpoint_and_resumes_unfinished_seeds(idx_folder, tmp_path, capsys):
+    import pandas as pd
+
+    from harness_xvat.curve import main
+
+    output = tmp_path / "curve.csv"
+    files = ["--data-dir", str(idx_folder), "--output", str(output), "--threads", "1"]
+    arguments = [*files, "--steps", "4", "--every", "2"]
+    assert main([*arguments, "--seeds", "0", "1"]) == 0
+    curve = pd.read_csv(output)
+    assert curve[["seed", "step"]].values.tolist() == [[0, 2], [0, 4], [1, 2], [1, 4]]
+    assert (curve["lr"] == 1e-3).all()  # no decay before the 500th step
+    accuracies = curve[["test_accuracy", "test_accuracy_running_stats", "labeled_accuracy"]]
+    assert ((accuracies >= 0) & (accuracies <= 1)).all().all()
+    # a run killed during seed 1: seed 0 is kept, seed 1 is trained again to the same numbers
+    curve.iloc[:3].to_csv(output, index=False)
+    capsys.readouterr()
+    assert main([*arguments, "--seeds", "0", "1"]) == 0
+    assert "seed 0: finished before" in capsys.readouterr().err
+    again = pd.read_csv(output)
+    pd.testing.assert_frame_equal(again.drop(columns="seconds"), curve.drop(columns="seconds"))
+    # another configuration in the same file is refused in one line
+    assert main([*files, "--steps", "6", "--every", "2", "--seeds", "0"]) == 2
+    assert "made with another configuration" in capsys.readouterr().err
+    assert main([*files, "--steps", "5", "--every", "2"]) == 2
+    assert "must be a multiple of --every" in capsys.readouterr().err
