@@ -48,6 +48,7 @@ def stage(folder: Path, targets: dict[str, list[str]]) -> None:
     for package in sorted((ROOT / "plugins").glob("harness_*")):
         shutil.copytree(package, folder / "src" / package.name, ignore=ignore)
     shutil.copytree(ROOT / "tests", folder / "tests", ignore=ignore)
+    shutil.copytree(ROOT / "leaderboards", folder / "leaderboards", ignore=shutil.ignore_patterns("*.csv", "*.gz", "*-plots"))
     pytest_settings = (ROOT / "pyproject.toml").read_text().split("[tool.pytest.ini_options]", 1)[1].split("\n[", 1)[0]
     pytest_settings = pytest_settings.replace('testpaths = ["tests", "examples/harness-noise/tests"]', 'testpaths = ["tests"]')
     tests = sorted({test for files in targets.values() for test in files})
@@ -57,7 +58,9 @@ def stage(folder: Path, targets: dict[str, list[str]]) -> None:
         f"source_paths = {json.dumps(['harness', 'src'])}\n"
         f"only_mutate = {json.dumps(sorted(targets))}\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
+        'also_copy = ["leaderboards"]\n'
+        # the end-to-end runs (marked slow) reach every function and take seconds each
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not slow"]\n'
     )
 
 

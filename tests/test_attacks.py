@@ -177,3 +177,37 @@ def test_the_margin_keeps_a_gradient_where_the_cross_entropy_saturates(trained_m
 def test_an_unknown_loss_is_refused():
     with pytest.raises(ValueError, match="loss must be one of cross-entropy, margin"):
         PGD("linf", None, 10, 0, 64, "hinge")
+
+
+def test_art_attacks_are_configured_as_asked(trained_mlp):
+    import numpy as np
+
+    fgsm = FGSM("l2", 2, 32, "margin")
+    configured = fgsm.art_attack(fgsm.classifier(trained_mlp, CPU), 0.3)
+    assert (configured.norm, configured.eps, configured.num_random_init, configured.batch_size) == (2, 0.3, 2, 32)
+    pgd = PGD("linf", 0.01, 7, 1, 16, "cross-entropy")
+    configured = pgd.art_attack(pgd.classifier(trained_mlp, CPU), 0.1)
+    assert configured.norm == np.inf and configured.eps == 0.1 and configured.eps_step == 0.01
+    assert (configured.max_iter, configured.num_random_init, configured.batch_size) == (7, 1, 16)
+
+
+def test_the_estimator_follows_the_model(trained_mlp, digits):
+    other = MLP(digits.input_shape, 10, hidden=[8], epochs=1, batch_size=64, lr=1e-3)
+    pgd = PGD("linf", None, 5, 0, 64, "cross-entropy")
+    first = pgd.classifier(trained_mlp, CPU)
+    assert pgd.classifier(trained_mlp, CPU) is first  # built once per model
+    assert pgd.classifier(other, CPU).model.model is other
+
+
+def test_the_attack_ascends_the_loss_of_the_labels_it_is_given(trained_mlp, digits):
+    """Given wrong labels, PGD moves the inputs away from those labels, not from the model's own
+    predictions: far more correctly classified digits keep their class than under the true labels."""
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    right = predict_batched(trained_mlp, x, CPU) == y
+    x, y = x[right], y[right]
+    kept = {}
+    for name, labels in (("true", y), ("wrong", (y + 1) % 10)):
+        seed_everything(0)
+        x_adv = PGD("linf", None, 20, 0, 256, "cross-entropy").run(trained_mlp, x, labels, 0.2).x_adv
+        kept[name] = accuracy(trained_mlp, x_adv, y)
+    assert kept["wrong"] > kept["true"] + 0.3

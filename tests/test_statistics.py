@@ -273,6 +273,12 @@ def test_paired_interval_degenerate_cases() -> None:
     assert all(math.isnan(x) for x in paired_difference_interval([], []))
     with pytest.raises(ValueError, match="length"):
         paired_difference_interval([1, 0], [1])
+    with pytest.raises(ValueError):
+        paired_difference_interval([0.5, 1], [1, 0])  # outcomes are 0 or 1
+    # a*d - b*c = 1 with N = 2: Newcombe's N/2 correction leaves phi = 0, the square-and-add width
+    low, high = paired_difference_interval(*outcomes(both=1, only_candidate=0, only_baseline=0, neither=1))
+    lower, upper = _wilson(1, 2, stats.norm.ppf(0.975))
+    assert (low, high) == pytest.approx((-math.hypot(0.5 - lower, upper - 0.5), math.hypot(upper - 0.5, 0.5 - lower)))
 
 
 def test_mean_interval_matches_scipy_t() -> None:

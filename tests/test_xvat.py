@@ -3,6 +3,7 @@ the defenses on tiny models, the mask-erasure attack and the seconds-per-epoch m
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from harness_xvat.divergence import (
     virtual_adversarial_direction,
 )
 from harness_xvat.loop import CLOCK, balanced_labels
-from harness_xvat.masks import HardConcrete, MaskGenerator, apply_mask
+from harness_xvat.masks import ExampleLogAlpha, HardConcrete, MaskGenerator, apply_mask
 from harness_xvat.metrics import SecondsPerEpoch
 from harness_xvat.models import BatchNormMLP
 
@@ -93,8 +94,16 @@ def test_mask_mode_is_deterministic_and_parameters_are_checked():
     log_alpha = torch.tensor([-10.0, 0.0, 10.0])
     assert torch.equal(concrete.mode(log_alpha), concrete.mode(log_alpha))
     assert concrete.mode(log_alpha)[0] == 0 and concrete.mode(log_alpha)[2] == 1
-    with pytest.raises(ValueError, match="gamma < 0"):
-        HardConcrete(gamma=0.1)
+    # by hand: sigmoid(0.5 / beta), stretched from [0, 1] to [gamma, zeta]
+    assert concrete.mode(torch.tensor([0.5])).item() == pytest.approx(1.2 / (1 + math.exp(-0.5 / 0.66)) - 0.1)
+    for bad in ({"gamma": 0.1}, {"gamma": 0.0}, {"zeta": 1.0}, {"beta": 0.0}):
+        with pytest.raises(ValueError, match="gamma < 0"):
+            HardConcrete(**bad)
+
+
+def test_the_transductive_table_is_drawn_from_its_generator():
+    tables = [ExampleLogAlpha(5, 4, 4, torch.Generator().manual_seed(seed)).table for seed in (3, 3, 4)]
+    assert torch.equal(tables[0], tables[1]) and not torch.equal(tables[0], tables[2])
 
 
 def test_a_mask_scales_around_center_on_every_channel():
