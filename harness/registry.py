@@ -339,15 +339,19 @@ class Registry:
                 f"unknown {kind} '{name}'{hint} (known: {', '.join(known) or 'none'})"
             ) from None
 
-    def build_from_table(self, kind: str, table: Mapping[str, Any], ignore: Iterable[str] = ()) -> Any:
+    def build_from_table(
+        self, kind: str, table: Mapping[str, Any], ignore: Iterable[str] = (), **context: Any
+    ) -> Any:
         """Build a component from a suite-style table (``{name = "pgd", norm = "linf", ...}``),
-        checking its parameters; keys in ``ignore`` (like an attack's ``eps``) are not parameters."""
+        checking its parameters; keys in ``ignore`` (like an attack's ``eps``) are not parameters.
+        ``context`` goes to the factory as a runner's would (a model's ``input_shape``, a dataset's
+        ``data_dir``)."""
         table = {k: v for k, v in table.items() if k not in set(ignore)}
         component = self.get(kind, str(table.pop("name", "")))
         params, problems = component.resolve_params(table)
         if problems:
             raise UsageError("; ".join(problems))
-        return component.build(params)
+        return component.build(params, **context)
 
     def by_plugin(self, plugin: str) -> dict[str, list[str]]:
         return {

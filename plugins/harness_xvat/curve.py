@@ -21,7 +21,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -84,24 +84,11 @@ class Checkpoints(TrainingHooks):
         self.started += time.perf_counter() - began  # the evaluation is not training time
 
 
-def accuracy(model: Model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+def accuracy(model: Model, x: torch.Tensor, y: torch.Tensor) -> float:
     """Accuracy in evaluation mode; leaves the model in evaluation mode."""
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        correct = sum(int((model.logits(xs.to(device)).argmax(dim=1).cpu() == ys).sum()) for xs, ys in
-                      zip(x.split(batch_size), y.split(batch_size)))
-    return correct / len(y)
+    from harness.training import predict_batched
 
-
-def build(registry: Registry, kind: str, table: Mapping[str, Any], **context: Any) -> Any:
-    """A component built from a suite-style table, its parameters checked as a suite's are."""
-    table = dict(table)
-    component = registry.get(kind, str(table.pop("name")))
-    params, problems = component.resolve_params(table)
-    if problems:
-        raise UsageError(f"{kind} '{component.name}': " + "; ".join(problems))
-    return component.build(params, **context)
+    return (predict_batched(model, x, next(model.parameters()).device) == y).double().mean().item()
 
 
 def train_seed(registry: Registry, data: Dataset, seed: int, steps: int, every: int, device: torch.device,
@@ -110,9 +97,9 @@ def train_seed(registry: Registry, data: Dataset, seed: int, steps: int, every: 
     from harness.training import fit, seed_everything
 
     seed_everything(seed)
-    model = build(registry, "model", MODEL, input_shape=data.input_shape, num_classes=data.num_classes)
+    model = registry.build_from_table("model", MODEL, input_shape=data.input_shape, num_classes=data.num_classes)
     steps_per_epoch = math.ceil(len(data.y_train) / DEFENSE["unlabeled_batch_size"])  # the loop's batch
-    defense = build(registry, "defense", {**DEFENSE, "epochs": math.ceil(steps / steps_per_epoch)})
+    defense = registry.build_from_table("defense", {**DEFENSE, "epochs": math.ceil(steps / steps_per_epoch)})
     checkpoints = Checkpoints(defense, data, every, record)
 
     def loop(model: Model, data: Dataset, ctx: TrainContext, hooks: Sequence[TrainingHooks],
@@ -165,7 +152,7 @@ def run(data_dir: Path, output: Path, seeds: Sequence[int], steps: int, every: i
     rows = read_finished(output, expected)
     done = {row["seed"] for row in rows}
     registry = load_plugins()
-    data = build(registry, "dataset", DATASET, data_dir=data_dir)
+    data = registry.build_from_table("dataset", DATASET, data_dir=data_dir)
     for seed in seeds:
         if seed in done:
             print(f"seed {seed}: finished before", file=sys.stderr)
