@@ -3,6 +3,7 @@ the defenses on tiny models, the mask-erasure attack and the seconds-per-epoch m
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -58,8 +59,8 @@ def data():
 
 def tiny_mlp(data, epochs: int = 2) -> BatchNormMLP:
     return BatchNormMLP(
-        data.input_shape, data.num_classes, hidden=[32, 16], affine=False, lr_decay=0.9, epochs=epochs, batch_size=32,
-        lr=1e-3,
+        data.input_shape, data.num_classes, hidden=[32, 16], affine=False, output_norm=False, lr_decay=0.9,
+        epochs=epochs, batch_size=32, lr=1e-3,
     )
 
 
@@ -220,6 +221,120 @@ def test_power_iterations_find_the_direction_the_kl_grows_fastest():
         assert (kl_along(random) <= best * (1 + 1e-6)).all()
 
 
+def exact_direction_by_hand(net: nn.Module, x: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """One power iteration in float64, written out: H d for the KL's Hessian H at r = 0, normalised."""
+    net, x = copy.deepcopy(net).double(), x.double()
+    with torch.no_grad():
+        log_p = torch.log_softmax(net(x), dim=1)
+    r = torch.zeros_like(x, requires_grad=True)
+    (slope,) = torch.autograd.grad(kl_divergence(log_p, torch.log_softmax(net(x + r), dim=1)).mean(), r,
+                                   create_graph=True)
+    (product,) = torch.autograd.grad((slope * normalised(start.double())).sum(), r)
+    return normalised(product).flatten(1)
+
+
+def test_the_exact_direction_survives_float32_where_a_finite_difference_of_1e_6_does_not():
+    """xi = 0 (the default) is the Hessian product itself; a float32 finite difference of 1e-6 falls
+    below the logits' rounding and comes out at random angles to it (the official code's 1e-6
+    assumed Theano's float64)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+    x = torch.rand(20, 1, 8, 8)
+    with torch.no_grad():
+        log_p = torch.log_softmax(net(x), dim=1)
+    start = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    expected = exact_direction_by_hand(net, x, start)
+
+    def cosines(xi: float) -> torch.Tensor:
+        found = virtual_adversarial_direction(net, x, log_p, xi, 1, torch.Generator().manual_seed(3))
+        assert found.dtype == torch.float32 and torch.allclose(found.flatten(1).norm(dim=1), torch.ones(20), atol=1e-5)
+        return nn.functional.cosine_similarity(found.flatten(1).double(), expected, dim=1)
+
+    assert (cosines(0.0) > 0.99999).all()
+    assert (cosines(1e-3) > 0.999).all()  # a float32-sized difference agrees with it
+    assert cosines(1e-6).min() < 0.5  # the official 1e-6 in float32 does not
+
+
+def test_exact_power_iterations_equal_float64_finite_differences():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 4)).double()
+    x = torch.rand(3, 1, 2, 3, dtype=torch.float64)
+    log_p = torch.log_softmax(net(x), dim=1).detach()
+    for iterations in (1, 3):
+        exact = virtual_adversarial_direction(net, x, log_p, 0.0, iterations, torch.Generator().manual_seed(0))
+        finite = virtual_adversarial_direction(net, x, log_p, 1e-7, iterations, torch.Generator().manual_seed(0))
+        assert torch.allclose(exact, finite, atol=1e-5)
+    assert not torch.allclose(exact, virtual_adversarial_direction(net, x, log_p, 0.0, 1, torch.Generator().manual_seed(0)),
+                              atol=1e-3)  # more iterations move it
+
+
+def reference_vat_cost(model: nn.Module, x_l, y_l, x_ul, start, eps: float, xi: float) -> torch.Tensor:
+    """The cost of the official VAT (takerum/vat, ``train_mnist_semisup.py --cost_type=VAT_finite_diff``)
+    on one step, written from its Theano graph (read, not run): the labelled cross-entropy, batch
+    statistics updated; then on the unlabelled batch, statistics not updated (here: momentum 0),
+    d = xi * normalise(start), Hd = the gradient in d of mean CE(p(x), p(x + d)) / xi, r = eps *
+    normalise(Hd) held fixed, and mean CE(p(x), p(x + r)) with p(x) held fixed. Its ``normalise``
+    divides by 1e-20 + the largest entry, then by sqrt(1e-6 + the squared norm)."""
+
+    def normalise(v):
+        v = v / (1e-20 + v.flatten(1).abs().amax(1).view(-1, 1, 1, 1))
+        return v / torch.sqrt(1e-6 + v.flatten(1).square().sum(1)).view(-1, 1, 1, 1)
+
+    def cross_entropy(p, q):
+        return -(p * q.log()).sum(1)
+
+    cost = -torch.log(torch.softmax(model(x_l), 1))[torch.arange(len(y_l)), y_l].mean()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    for norm in norms:
+        norm.momentum = 0.0
+    y = torch.softmax(model(x_ul), 1)
+    d = (xi * normalise(start)).requires_grad_()
+    (hd,) = torch.autograd.grad(cross_entropy(y, torch.softmax(model(x_ul + d), 1)).mean(), d)
+    r = eps * normalise(hd / xi)
+    cost = cost + cross_entropy(y.detach(), torch.softmax(model(x_ul + r), 1)).mean()
+    for norm in norms:
+        norm.momentum = 0.1
+    return cost
+
+
+def test_one_vat_step_is_the_official_codes_on_the_same_batch_and_weights(data):
+    """Issue 17's one-step comparison, kept: from the same weights, batches and random start, our
+    VAT loss has the official cost's gradient in every weight (the values differ by p's entropy,
+    a constant), and leaves the same running statistics (only the labelled batch's)."""
+    seed_everything(0)
+    model = BatchNormMLP(data.input_shape, data.num_classes, hidden=[32, 16], affine=True, output_norm=True,
+                         lr_decay=1.0, epochs=1, batch_size=16, lr=1e-3).double().train()
+    x_l, y_l, x_ul = data.x_train[:16].double(), data.y_train[:16], data.x_train[16:48].double()
+    ours, official = copy.deepcopy(model), copy.deepcopy(model)
+    start = torch.randn(x_ul.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = reference_vat_cost(official, x_l, y_l, x_ul, start, eps=0.3, xi=1e-6)
+    vat = VirtualAdversarialTraining(eps=0.3, xi=1e-6, iterations=1, weight=1.0, **BUDGET)
+    vat.random = torch.Generator().manual_seed(5)
+    state = training_state(ours, data)
+    loss = ours.loss(x_l, y_l, state)
+    found = vat.regularise(state, Batch(x_l, y_l, torch.arange(16)), Batch(x_ul, y_l, torch.arange(32)), loss)
+    statistics = [(name, buffer) for name, buffer in ours.named_buffers() if name.endswith(("_mean", "_var"))]
+    for name, buffer in statistics:
+        assert torch.equal(buffer, official.get_buffer(name))
+    with torch.no_grad(), batch_stats_frozen(ours):
+        p = torch.softmax(ours(x_ul), 1)
+    entropy = -(p * p.log()).sum(1).mean()
+    assert found.item() == pytest.approx(expected.item() - entropy.item(), rel=1e-9)
+    ours_grads = torch.autograd.grad(found, list(ours.parameters()))
+    official_grads = torch.autograd.grad(expected, list(official.parameters()))
+    for a, b in zip(ours_grads, official_grads):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-9)  # 2e-11 apart: the arithmetic of the difference
+    # the exact product (our default) takes the same step, to the finite difference's accuracy
+    exact = VirtualAdversarialTraining(eps=0.3, xi=0.0, iterations=1, weight=1.0, **BUDGET)
+    exact.random = torch.Generator().manual_seed(5)
+    again = copy.deepcopy(model)
+    state = training_state(again, data)
+    value = exact.regularise(state, None, Batch(x_ul, y_l, torch.arange(32)), again.loss(x_l, y_l, state))
+    assert value.item() == pytest.approx(found.item(), rel=1e-6)
+    for a, b in zip(torch.autograd.grad(value, list(again.parameters())), official_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)  # 8e-8 apart at most
+
+
 def test_regulariser_forwards_leave_the_batch_norm_statistics_alone(data):
     seed_everything(0)
     model = tiny_mlp(data).train()
@@ -302,7 +417,7 @@ def test_with_a_label_budget_the_model_loss_sees_only_the_kept_labels_and_the_re
 
     defense.regularise = spy_regularise
     seed_everything(0)
-    spy = Spy(data.input_shape, 10, hidden=[16], affine=False, lr_decay=1.0, epochs=2, batch_size=8, lr=1e-3)
+    spy = Spy(data.input_shape, 10, hidden=[16], affine=False, output_norm=False, lr_decay=1.0, epochs=2, batch_size=8, lr=1e-3)
     model = defense.prepare(spy)
     defense.train(model, data, make_context(5))
     kept = set(balanced_labels(data.y_train, 20, 10, seed=5).tolist())
@@ -317,14 +432,14 @@ def test_with_a_label_budget_the_model_loss_sees_only_the_kept_labels_and_the_re
 DEFENSES = {
     "mle": lambda: PlainTraining(**BUDGET),
     "at": lambda: AdversarialTraining(attack={"name": "fgsm", "norm": "linf", "eps": 0.1}, weight=0.5, **BUDGET),
-    "vat": lambda: VirtualAdversarialTraining(eps=1.0, xi=1e-6, iterations=1, weight=1.0, **BUDGET),
+    "vat": lambda: VirtualAdversarialTraining(eps=1.0, xi=0.0, iterations=1, weight=1.0, **BUDGET),
     "xat": lambda: MultiplicativeAdversarialTraining(distance="ce", eps=1.0, weight=0.5, **MASK, **BUDGET),
     "xvat": lambda: MultiplicativeVirtualAdversarialTraining(eps=2.0, weight=1.0, **MASK, **BUDGET),
     "xvat-transductive": lambda: MultiplicativeVirtualAdversarialTraining(
         eps=2.0, weight=1.0, **{**MASK, "mode": "transductive"}, **BUDGET
     ),
     "vat-semi": lambda: VirtualAdversarialTraining(
-        eps=1.0, xi=1e-6, iterations=1, weight=1.0, **{**BUDGET, "labels": 30}
+        eps=1.0, xi=0.0, iterations=1, weight=1.0, **{**BUDGET, "labels": 30}
     ),
 }
 
@@ -350,14 +465,30 @@ def test_the_regulariser_changes_what_the_model_learns(data):
 
 
 def test_mlp_bn_is_the_papers_network_and_passes_the_contract_kit(data):
-    paper = BatchNormMLP((1, 28, 28), 10, hidden=[1200, 600, 300, 150], affine=False, lr_decay=0.95, epochs=1,
-                         batch_size=100, lr=1e-3)
+    paper = BatchNormMLP((1, 28, 28), 10, hidden=[1200, 600, 300, 150], affine=False, output_norm=False,
+                         lr_decay=0.95, epochs=1, batch_size=100, lr=1e-3)
     linear = [m for m in paper.modules() if isinstance(m, nn.Linear)]
     widths = [(784, 1200), (1200, 600), (600, 300), (300, 150), (150, 10)]
     assert [(m.in_features, m.out_features) for m in linear] == widths
-    assert sum(isinstance(m, nn.BatchNorm1d) for m in paper.modules()) == 4
+    assert [m.bias is None for m in linear] == [True] * 4 + [False]
+    norms = [m for m in paper.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert [m.num_features for m in norms] == [1200, 600, 300, 150] and not any(m.affine for m in norms)
     assert paper.training_settings().lr_decay_epochs == 1
     check_model(lambda: tiny_mlp(data), data)
+
+
+def test_mlp_bn_with_the_official_vat_network_normalises_the_logits_with_a_learned_scale(data):
+    """takerum/vat's FNN_MNIST: batch norm with scale and shift after every layer, the output's too."""
+    official = BatchNormMLP((1, 28, 28), 10, hidden=[1200, 1200], affine=True, output_norm=True, lr_decay=0.9,
+                            epochs=1, batch_size=100, lr=2e-3)
+    layers = list(official.net)
+    assert isinstance(layers[-1], nn.BatchNorm1d) and layers[-1].num_features == 10 and layers[-1].affine
+    assert isinstance(layers[-2], nn.Linear) and layers[-2].bias is None
+    assert sum(m.affine for m in official.modules() if isinstance(m, nn.BatchNorm1d)) == 3
+    x = torch.rand(50, 1, 28, 28)
+    logits = official.train()(x)
+    assert torch.allclose(logits.mean(0), torch.zeros(10), atol=1e-5)  # normalised over the batch
+    assert torch.allclose(logits.var(0, unbiased=False), torch.ones(10), atol=1e-3)
 
 
 def test_epoch_learning_rate_decay_and_its_conflict_with_step_decay(data):
@@ -479,3 +610,29 @@ def test_the_learning_curve_records_each_checkpoint_and_resumes_unfinished_seeds
     assert "made with another configuration" in capsys.readouterr().err
     assert main([*files, "--steps", "5", "--every", "2"]) == 2
     assert "must be a multiple of --every" in capsys.readouterr().err
+
+
+def test_a_learning_curve_variant_changes_the_components_and_says_so_in_its_rows(idx_folder, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from harness_xvat.curve import main
+
+    output = tmp_path / "variant.csv"
+    files = ["--data-dir", str(idx_folder), "--output", str(output), "--threads", "1", "--steps", "2", "--every", "2"]
+    official = ["--model", "affine=true", "output_norm=true", "lr=2e-3", "--defense", "xi=0"]
+    assert main([*files, "--seeds", "0", *official]) == 0
+    config = json.loads(pd.read_csv(output)["config"].iloc[0])
+    assert config["model"] == {"name": "mlp-bn", "hidden": [1200, 1200], "lr": 2e-3, "lr_decay": 0.95, "affine": True,
+                               "output_norm": True}
+    assert config["defense"]["xi"] == 0 and config["defense"]["eps"] == 0.3
+    capsys.readouterr()
+    assert main([*files, "--seeds", "0"]) == 2  # the plain configuration is another file's
+    assert "made with another configuration" in capsys.readouterr().err
+    for bad, message in ((["--model", "lr"], "expected KEY=VALUE"), (["--model", "lr=fast"], "expected KEY=VALUE"),
+                         (["--defense", 'name="xvat"'], "cannot change 'name'")):
+        assert main([*files, "--output", str(tmp_path / "other.csv"), *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*files, "--output", str(tmp_path / "other.csv"), "--model", "output_nrom=true"]) == 2
+    assert "output_norm" in capsys.readouterr().err  # did you mean

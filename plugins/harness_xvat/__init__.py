@@ -34,15 +34,16 @@ def register_models(register: RegisterFunction) -> None:
         "mlp-bn",
         "harness_xvat.models:BatchNormMLP",
         params={
-            "hidden": [1200, 600, 300, 150], "affine": False, "epochs": 100, "batch_size": 100, "lr": 1e-3,
-            "lr_decay": 0.95, "weight_decay": 0.0,
+            "hidden": [1200, 600, 300, 150], "affine": False, "output_norm": False, "epochs": 100, "batch_size": 100,
+            "lr": 1e-3, "lr_decay": 0.95, "weight_decay": 0.0,
         },
         ranges={
             "hidden": POSITIVE, "epochs": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE, "lr_decay": POSITIVE,
             "weight_decay": NON_NEGATIVE,
         },
         description="the xVAT paper's MNIST MLP (784-1200-600-300-150-10): linear, batch norm, ReLU; Adam, "
-        "learning rate x0.95 per epoch; hidden [1200, 1200] is the reference's semi-supervised MLP",
+        "learning rate x0.95 per epoch; hidden [1200, 1200] is the reference's semi-supervised MLP; affine and "
+        "output_norm (a batch norm on the logits) give the official VAT's network",
     )
 
 
@@ -69,11 +70,12 @@ def register_defenses(register: RegisterFunction) -> None:
     register(
         "vat",
         "harness_xvat.defenses:VirtualAdversarialTraining",
-        params={"eps": 2.0, "xi": 1e-6, "iterations": 1, "weight": 1.0, **LABEL_BUDGET},
+        params={"eps": 2.0, "xi": 0.0, "iterations": 1, "weight": 1.0, **LABEL_BUDGET},
         choices={"batch_stats": BATCH_STATS},
-        ranges={"eps": POSITIVE, "xi": POSITIVE, "iterations": POSITIVE, "weight": NON_NEGATIVE, **BUDGET_RANGES},
+        ranges={"eps": POSITIVE, "xi": NON_NEGATIVE, "iterations": POSITIVE, "weight": NON_NEGATIVE, **BUDGET_RANGES},
         description="virtual adversarial training (Miyato et al.): loss + weight * KL to the input moved eps "
-        "along the power-iteration direction (xi, iterations), on the unlabelled batch",
+        "along the power-iteration direction (iterations; exact Hessian products, or finite difference xi > 0), on the "
+        "unlabelled batch",
     )
     register(
         "xat",

@@ -12,6 +12,11 @@ epoch, not a pass over our smaller pool). At each checkpoint it records the test
 batch-norm statistics re-estimated over the whole pool (what the suites test) and with the running
 ones, and the accuracy on the labelled examples. A row is written at each checkpoint; a killed run
 keeps the seeds it finished and restarts the one it was in.
+
+``--model KEY=VALUE`` and ``--defense KEY=VALUE`` (TOML values) change one parameter of the
+components, for a variant in its own ``--output``: e.g. the official VAT's network and optimiser,
+``--model affine=true output_norm=true lr=2e-3 lr_decay=0.9``, or exact Hessian products,
+``--defense xi=0``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -91,15 +97,16 @@ def accuracy(model: Model, x: torch.Tensor, y: torch.Tensor) -> float:
     return (predict_batched(model, x, next(model.parameters()).device) == y).double().mean().item()
 
 
-def train_seed(registry: Registry, data: Dataset, seed: int, steps: int, every: int, device: torch.device,
-               record: Any) -> None:
+def train_seed(registry: Registry, data: Dataset, components: Mapping[str, dict[str, Any]], seed: int, steps: int,
+               every: int, device: torch.device, record: Any) -> None:
     """One run of VAT on ``data`` for at least ``steps`` steps, a row per checkpoint."""
     from harness.training import fit, seed_everything
 
     seed_everything(seed)
-    model = registry.build_from_table("model", MODEL, input_shape=data.input_shape, num_classes=data.num_classes)
-    steps_per_epoch = math.ceil(len(data.y_train) / DEFENSE["unlabeled_batch_size"])  # the loop's batch
-    defense = registry.build_from_table("defense", {**DEFENSE, "epochs": math.ceil(steps / steps_per_epoch)})
+    model_table, defense_table = components["model"], components["defense"]
+    model = registry.build_from_table("model", model_table, input_shape=data.input_shape, num_classes=data.num_classes)
+    steps_per_epoch = math.ceil(len(data.y_train) / defense_table["unlabeled_batch_size"])  # the loop's batch
+    defense = registry.build_from_table("defense", {**defense_table, "epochs": math.ceil(steps / steps_per_epoch)})
     checkpoints = Checkpoints(defense, data, every, record)
 
     def loop(model: Model, data: Dataset, ctx: TrainContext, hooks: Sequence[TrainingHooks],
@@ -116,10 +123,32 @@ def train_seed(registry: Registry, data: Dataset, seed: int, steps: int, every: 
 
 
 
-def config(steps: int, every: int) -> str:
+def components(model: Mapping[str, Any], defense: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The model and defense tables with the command line's changes."""
+    for name, changes in (("model", model), ("defense", defense)):
+        if "name" in changes or "epochs" in changes:
+            raise UsageError(f"--{name} cannot change 'name' or 'epochs' (the curve is VAT's, its length --steps)")
+    return {"model": {**MODEL, **model}, "defense": {**DEFENSE, **defense}}
+
+
+def parse_settings(pairs: Sequence[str], option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs, each value read as TOML (``true``, ``2e-3``, ``[1200, 1200]``)."""
+    settings = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        try:
+            if not equals or not key.isidentifier():
+                raise ValueError
+            settings[key] = tomllib.loads(f"value = {value}")["value"]
+        except (ValueError, tomllib.TOMLDecodeError):
+            raise UsageError(f"{option} {pair}: expected KEY=VALUE with a TOML value, e.g. lr=2e-3") from None
+    return settings
+
+
+def config(steps: int, every: int, tables: Mapping[str, dict[str, Any]]) -> str:
     """What a curve's rows depend on besides the seed, stored in each row to refuse a mixed file."""
-    return json.dumps({"dataset": DATASET, "model": MODEL, "defense": DEFENSE, "decay_every": DECAY_EVERY,
-                       "steps": steps, "every": every}, sort_keys=True)
+    return json.dumps({"dataset": DATASET, "model": tables["model"], "defense": tables["defense"],
+                       "decay_every": DECAY_EVERY, "steps": steps, "every": every}, sort_keys=True)
 
 
 def read_finished(path: Path, expected_config: str) -> list[dict[str, Any]]:
@@ -141,14 +170,16 @@ def read_finished(path: Path, expected_config: str) -> list[dict[str, Any]]:
     return frame[finished].to_dict("records")
 
 
-def run(data_dir: Path, output: Path, seeds: Sequence[int], steps: int, every: int, device: str) -> None:
+def run(data_dir: Path, output: Path, seeds: Sequence[int], steps: int, every: int, device: str,
+        tables: Mapping[str, dict[str, Any]] | None = None) -> None:
     import pandas as pd
 
     from harness.plugins import load_plugins
 
     if steps % every:
         raise UsageError(f"--steps ({steps}) must be a multiple of --every ({every})")
-    expected = config(steps, every)
+    tables = tables or components({}, {})
+    expected = config(steps, every, tables)
     rows = read_finished(output, expected)
     done = {row["seed"] for row in rows}
     registry = load_plugins()
@@ -164,7 +195,7 @@ def run(data_dir: Path, output: Path, seeds: Sequence[int], steps: int, every: i
             write_atomically(output, frame.to_csv(index=False).encode())
             print(f"seed {seed} step {row['step']}: test {row['test_accuracy']:.4f}", file=sys.stderr, flush=True)
 
-        train_seed(registry, data, seed, steps, every, torch.device(device), record)
+        train_seed(registry, data, tables, seed, steps, every, torch.device(device), record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,12 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=1_000)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (set them: defaults collapse on a busy machine)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE", help="change a parameter of mlp-bn")
+    parser.add_argument("--defense", nargs="+", default=[], metavar="KEY=VALUE", help="change a parameter of vat")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.every < 1 or args.threads < 1:
         parser.error("--steps, --every and --threads must be positive")
     torch.set_num_threads(args.threads)
     try:
-        run(args.data_dir, args.output, args.seeds, args.steps, args.every, args.device)
+        tables = components(parse_settings(args.model, "--model"), parse_settings(args.defense, "--defense"))
+        run(args.data_dir, args.output, args.seeds, args.steps, args.every, args.device, tables)
     except HarnessError as exc:
         print(f"harness_xvat.curve: error: {exc}", file=sys.stderr)
         return exc.exit_code

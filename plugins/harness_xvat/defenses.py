@@ -48,16 +48,16 @@ class AdversarialTraining(PerturbationDefense):
 
 class VirtualAdversarialTraining(PerturbationDefense):
     """Miyato et al.: ``loss + weight * KL(p(.|x) || p(.|x + eps * d))`` on the unlabelled batch,
-    ``d`` the virtual adversarial direction by ``iterations`` power iterations with finite
-    difference ``xi``; the clean prediction is held fixed and no forward pass of the regulariser
-    moves the batch-norm statistics (as in the official code)."""
+    ``d`` the virtual adversarial direction by ``iterations`` power iterations, exact (``xi = 0``)
+    or by finite difference ``xi``; the clean prediction is held fixed and no forward pass of the
+    regulariser moves the batch-norm statistics (as in the official code)."""
 
     requires = frozenset({LOSS, LOGITS})
 
     def __init__(self, *, eps: float, xi: float, iterations: int, weight: float, **budget: Any):
         super().__init__(**budget)
-        if eps <= 0 or xi <= 0 or iterations < 1:
-            raise ValueError("eps and xi must be positive and iterations at least 1")
+        if eps <= 0 or xi < 0 or iterations < 1:
+            raise ValueError("eps must be positive, xi at least 0 and iterations at least 1")
         self.eps, self.xi, self.iterations, self.weight = eps, xi, iterations, weight
 
     def regularise(self, state: TrainingState, labeled: Batch, unlabeled: Batch, loss: torch.Tensor) -> torch.Tensor:

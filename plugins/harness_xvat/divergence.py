@@ -70,10 +70,24 @@ def normalised(d: torch.Tensor) -> torch.Tensor:
 def virtual_adversarial_direction(
     logits: Logits, x: torch.Tensor, log_p: torch.Tensor, xi: float, iterations: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """The unit direction in which KL(p(.|x) || p(.|x + r)) grows fastest, by ``iterations``
-    power iterations from a Gaussian start with finite difference ``xi`` (Miyato et al.).
-    ``log_p`` is the clean prediction, held fixed. Only ``d`` gets gradients, never the weights."""
+    """The unit direction in which KL(p(.|x) || p(.|x + r)) grows fastest: ``iterations`` power
+    iterations on the KL's Hessian H at r = 0 from a Gaussian start (Miyato et al.), ``log_p``, the
+    clean prediction, held fixed. With ``xi > 0`` an iteration is the paper's finite difference, the
+    KL's gradient at r = xi * d (about xi * H d); with ``xi = 0`` it is the exact product H d by
+    double backpropagation, the difference's limit (the official code's ``--cost_type=VAT``).
+
+    The official MNIST command takes xi = 1e-6 in Theano's floatX, float64 unless configured, where
+    it agrees with the exact product (cosine 1.000). In float32 a step of 1e-6 is below the
+    rounding of the logits: on MLPSemi after 1,500 VAT steps the direction's median |cosine| to the
+    exact one is 0.43, with a random sign. Only ``d`` gets gradients, never the weights."""
     d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if xi == 0:
+        r = torch.zeros_like(x, requires_grad=True)
+        distance = kl_divergence(log_p, torch.log_softmax(logits(x + r), dim=1)).mean()
+        (slope,) = torch.autograd.grad(distance, r, create_graph=True)  # zero at r = 0; its derivative is H
+        for step in range(iterations):
+            (d,) = torch.autograd.grad((slope * normalised(d)).sum(), r, retain_graph=step < iterations - 1)
+        return normalised(d)
     for _ in range(iterations):
         d = (xi * normalised(d)).requires_grad_()
         distance = kl_divergence(log_p, torch.log_softmax(logits(x + d), dim=1)).mean()

@@ -15,8 +15,10 @@ class BatchNormMLP(Classifier):
     """Linear (no bias) - batch norm - ReLU per hidden layer, then a linear output layer, as the
     reference's ``MLPSup`` (784-1200-600-300-150-10) and ``MLPSemi`` (784-1200-1200-10). The
     reference's batch norms have no affine parameters unless asked (``--affine``), and its MNIST
-    scripts (``--debug``) draw the weights from N(0, 1 / fan_in) with zero biases. Adam with the
-    learning rate decayed by ``lr_decay`` after every epoch."""
+    scripts (``--debug``) draw the weights from N(0, 1 / fan_in) with zero biases. ``output_norm``
+    adds a batch norm on the logits, as the official VAT's MNIST network (``takerum/vat``, whose
+    batch norms all learn a scale and shift: ``affine``). Adam with the learning rate decayed by
+    ``lr_decay`` after every epoch."""
 
     def __init__(
         self,
@@ -25,6 +27,7 @@ class BatchNormMLP(Classifier):
         *,
         hidden: list[int],
         affine: bool,
+        output_norm: bool,
         lr_decay: float,
         **training,
     ):
@@ -34,7 +37,9 @@ class BatchNormMLP(Classifier):
         layers: list[nn.Module] = [nn.Flatten()]
         for width_in, width_out in zip(widths, widths[1:]):
             layers += [nn.Linear(width_in, width_out, bias=False), nn.BatchNorm1d(width_out, affine=affine), nn.ReLU()]
-        layers.append(nn.Linear(widths[-1], num_classes))
+        layers.append(nn.Linear(widths[-1], num_classes, bias=not output_norm))  # a norm's shift replaces the bias
+        if output_norm:
+            layers.append(nn.BatchNorm1d(num_classes, affine=affine))
         self.net = nn.Sequential(*layers)
         for layer in self.net:
             if isinstance(layer, nn.Linear):

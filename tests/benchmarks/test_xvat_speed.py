@@ -27,6 +27,8 @@ from harness.training import seed_everything
 BUDGET = {"labels": 0, "labeled_batch_size": 100, "unlabeled_batch_size": 250, "epochs": 1, "batch_stats": "pool"}
 MASK = {"l0_weight": 1.0, "lr_a": None, "gamma": -0.1, "zeta": 1.1, "beta": 0.66, "center": 0.5}
 DEFENSES = {
+    # the paper's VAT takes a finite difference, cheaper than the exact products (xi = 0) that the
+    # suites use: the stricter baseline for the speed claim
     "vat": lambda: VirtualAdversarialTraining(eps=2.0, xi=1e-6, iterations=1, weight=1.0, **BUDGET),
     "xvat-inductive": lambda: MultiplicativeVirtualAdversarialTraining(
         mode="inductive", eps=2.0, weight=1.0, **MASK, **BUDGET
@@ -44,8 +46,8 @@ def setup(one_thread):
     seed_everything(0)
     data = load_digits(Path("."), size=28, test_size=500)
     model = BatchNormMLP(
-        data.input_shape, 10, hidden=[1200, 600, 300, 150], affine=False, lr_decay=0.95, epochs=1, batch_size=100,
-        lr=1e-3,
+        data.input_shape, 10, hidden=[1200, 600, 300, 150], affine=False, output_norm=False, lr_decay=0.95, epochs=1,
+        batch_size=100, lr=1e-3,
     )
     return data, model
 
