@@ -3,6 +3,8 @@ attacks and the AUDDC, on tiny configurations."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -324,3 +326,37 @@ def test_small_dbp_suite_runs(cli, tmp_path):
     # (these tiny models' curves are noisy: the area is finite, not necessarily within [0, 1])
     assert np.isfinite(autoencoders[autoencoders["model"] == "vae"]["metric_auddc"]).all()
     assert (ran[ran["model"] != "mlp"]["metric_reconstruction-gradient"] > 0).all()
+
+
+def test_a_gmm_needs_as_many_samples_per_class_as_components():
+    z = torch.tensor([[0.0, 1.0], [1.0, 0.0], [5.0, 5.0], [6.0, 5.0], [5.0, 6.0]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    ClassGMM(2, 2, 2, "diag").fit(z, labels, seed=0)  # class 0 has exactly two: enough
+    with pytest.raises(ValueError, match="class 0 has 2 training samples, fewer than the GMM's components"):
+        ClassGMM(2, 3, 2, "diag").fit(z, labels, seed=0)
+    with pytest.raises(ValueError, match="unknown covariance type 'tied' \\(known: full, diag\\)"):
+        ClassGMM(2, 1, 2, "tied")
+    with pytest.raises(ValueError, match="gmm_components must be at least 1, got 0"):
+        ClassGMM(2, 0, 2, "full")
+
+
+def test_the_reconstruction_loss_is_per_pixel():
+    """Logits of zero: every pixel's Bernoulli NLL is ln 2, whatever the image and its size."""
+    from types import SimpleNamespace
+
+    def bernoulli_nll(logits, x):
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(1)
+
+    for pixels in (4, 64):
+        stub = SimpleNamespace(run=lambda x, sample: (None, None, torch.zeros(len(x), x[0].numel())),
+                               reconstruction_loss=bernoulli_nll)
+        x = torch.rand(3, 1, 1, pixels).round()
+        assert ReconstructionLoss().evaluate(stub, x, None) == pytest.approx(math.log(2.0))
+
+
+def test_auddc_has_no_value_for_an_attack_without_distortion_curves(trained, data):
+    from harness.contracts import CellOutcome
+
+    outcome = outcome_of(OutputAttack(**ATTACK), trained, data.x_test[:3], data.y_test[:3], float("inf"))
+    other = CellOutcome(**{**outcome.__dict__, "extras": {}})  # what FGSM or PGD leaves
+    assert math.isnan(AUDDC().evaluate(trained, [other]))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness.contracts import Batch
-from harness_dbp.attacks import LatentAttack, gaussian_kl
+from harness_dbp.attacks import LatentAttack, OutputAttack, gaussian_kl
 from harness_dbp.models import kl_to_standard_normal
 from harness_xvat import defenses
 from harness_xvat.divergence import kl_divergence
@@ -108,3 +108,90 @@ def test_the_latent_attack_brings_the_perturbed_code_close_in_kl_from_it_to_the_
     x_target = torch.tensor([[1.0, math.log(4.0)]])
     attack = LatentAttack(norm="l2", pairs=1, iterations=1, lr=0.1, c_grid=[1.0], reconstructions=1)
     assert attack.distance(encoder, x_in, x_target).item() == pytest.approx(math.log(2.0) - 0.25)
+
+
+def test_gaussian_kl_with_both_variances_free():
+    """KL(N(0.5, e^0.7) || N(-1, e^-0.4)) per dimension, written out: both log-variances enter."""
+    mean_1, log_var_1 = torch.tensor([[0.5, 0.0]]), torch.tensor([[0.7, -0.3]])
+    mean_2, log_var_2 = torch.tensor([[-1.0, 0.2]]), torch.tensor([[-0.4, 0.3]])
+
+    def by_hand(m1, v1, m2, v2):
+        return 0.5 * (v2 - v1 + (math.exp(v1) + (m1 - m2) ** 2) / math.exp(v2) - 1.0)
+
+    expected = by_hand(0.5, 0.7, -1.0, -0.4) + by_hand(0.0, -0.3, 0.2, 0.3)
+    assert gaussian_kl(mean_1, log_var_1, mean_2, log_var_2).item() == pytest.approx(expected, rel=1e-6)
+
+
+class HalfScale(torch.nn.Module):
+    """A deterministic 'autoencoder' whose reconstruction is the input halved, plus 0.25 when
+    sampled: the output attack must use the sampled reconstruction (Formula 8, one latent draw)."""
+
+    def reconstruct(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        return x / 2 + (0.25 if sample else 0.0)
+
+    def encode(self, x):
+        return x.flatten(1), torch.zeros_like(x.flatten(1))
+
+
+def test_the_output_attack_measures_the_sampled_reconstruction_in_squared_l2():
+    attack = OutputAttack(norm="l2", pairs=1, iterations=1, lr=0.1, c_grid=[1.0], reconstructions=1)
+    x_in, target = torch.tensor([[[[0.5, 1.0]]]]), torch.tensor([[[[1.0, 0.0]]]])
+    # reconstruction (0.5, 0.75): squared distance 0.25 + 0.5625
+    assert attack.distance(HalfScale(), x_in, target).item() == pytest.approx(0.8125)
+
+
+def test_the_attacks_minimise_c_times_the_squared_perturbation_plus_the_distance():
+    """With reconstruction x / 2 + 1/4 and a target inside reach, C ||delta||^2 + ||x_in / 2 + 1/4 - t||^2
+    has its minimum at delta = (t - 1/4 - x_s / 2) / (2 C + 1/2): Adam gets there for two C."""
+    attack = OutputAttack(norm="l2", pairs=1, iterations=600, lr=0.01, c_grid=[0.5, 2.0], reconstructions=1)
+    x_source = torch.full((2, 1, 1, 2), 0.2, dtype=torch.float64)
+    x_target = torch.full((2, 1, 1, 2), 0.6, dtype=torch.float64)
+    constants = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    delta = attack.optimise(HalfScale(), x_source, x_target, constants, torch.Generator().manual_seed(0))
+    expected = (0.6 - 0.25 - 0.1) / (2 * constants + 0.5)  # 0.1667 and 0.0556
+    assert torch.allclose(delta.flatten(1), expected[:, None].expand(2, 2), atol=2e-3)
+
+
+def test_the_attack_keeps_the_closest_perturbation_within_the_source_target_distance(monkeypatch):
+    """Per source, among the C whose input distortion is at most 1 (inclusive), the one with the
+    lowest output distortion; a source with none keeps its clean image. Targets recorded, -1 elsewhere."""
+    from harness_dbp import attacks
+
+    attack = OutputAttack(norm="l2", pairs=2, iterations=1, lr=0.1, c_grid=[1.0, 2.0, 3.0], reconstructions=1)
+    x = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(4, 1, 1, 1)
+    y = torch.tensor([0, 1, 2, 3])
+    monkeypatch.setattr(attacks, "choose_pairs", lambda y, pairs, generator: (torch.tensor([1, 3]), torch.tensor([0, 2])))
+    # each (source, C) row's perturbation is 0.01 * (its row number + 1): it shows which C was kept
+    monkeypatch.setattr(attack, "optimise", lambda model, xs, xt, c, g: 0.01 * torch.arange(1.0, 7.0).view(6, 1, 1, 1))
+    inputs = torch.tensor([0.5, 1.0, 1.5, 1.2, 2.0, 3.0])  # source 1: C = 2 is at the bound; source 3: none within
+    outputs = torch.tensor([0.6, 0.2, 0.0, 0.0, 0.0, 0.0])
+    monkeypatch.setattr(attack, "distortions", lambda *args: (inputs, outputs))
+    outcome = attack.generate(HalfScale(), x, y, None, generator=torch.Generator())
+    assert outcome.x_adv[1].item() == pytest.approx(0.2 + 0.02)  # C = 2 (input distortion exactly 1)
+    assert outcome.x_adv[3].item() == pytest.approx(0.4)  # nothing within: unchanged
+    assert torch.equal(outcome.x_adv[[0, 2]], x[[0, 2]])
+    assert outcome.extras["target"].tolist() == [-1, 0, -1, 2]
+    assert torch.isnan(outcome.extras["input_distortion"][[0, 2]]).all()
+    assert outcome.extras["input_distortion"][3].tolist() == pytest.approx([1.2, 2.0, 3.0])
+
+
+def test_the_adversarial_inputs_stay_images():
+    """A reconstruction x / 2 + 1/4 can only reach a target of 0.75 from inputs beyond 1: the
+    attack's inputs are clipped to [0, 1] all the same."""
+    attack = OutputAttack(norm="l2", pairs=1, iterations=200, lr=0.05, c_grid=[1e-3], reconstructions=1)
+    x = torch.tensor([0.9, 0.0]).view(2, 1, 1, 1)
+    y = torch.tensor([0, 1])
+    outcome = attack.generate(HalfScale(), x, y, None, generator=torch.Generator().manual_seed(0))
+    assert (outcome.x_adv >= 0).all() and (outcome.x_adv <= 1).all()
+    source = int((outcome.extras["target"] >= 0).nonzero()[0])
+    assert not torch.equal(outcome.x_adv[source], x[source])  # it moved, and stopped at the bound
+
+
+def test_the_autoencoder_attacks_check_their_parameters():
+    valid = {"norm": "l2", "pairs": 1, "iterations": 1, "lr": 0.1, "c_grid": [1.0], "reconstructions": 1}
+    OutputAttack(**valid)
+    for change in ({"pairs": 0}, {"iterations": 0}, {"reconstructions": 0}, {"c_grid": []}):
+        with pytest.raises(ValueError, match="at least 1"):
+            OutputAttack(**{**valid, **change})
+    with pytest.raises(ValueError, match="l2 norm, not 'linf'"):
+        OutputAttack(**{**valid, "norm": "linf"})

@@ -621,9 +621,10 @@ def test_a_learning_curve_variant_changes_the_components_and_says_so_in_its_rows
 
     output = tmp_path / "variant.csv"
     files = ["--data-dir", str(idx_folder), "--output", str(output), "--threads", "1", "--steps", "2", "--every", "2"]
-    official = ["--model", "affine=true", "output_norm=true", "lr=2e-3", "--defense", "xi=0"]
+    official = ["--model", "affine=true", "output_norm=true", "lr=2e-3", "--defense", "xi=0", "--dataset", "test_size=1100"]
     assert main([*files, "--seeds", "0", *official]) == 0
     config = json.loads(pd.read_csv(output)["config"].iloc[0])
+    assert config["dataset"]["test_size"] == 1100
     assert config["model"] == {"name": "mlp-bn", "hidden": [1200, 1200], "lr": 2e-3, "lr_decay": 0.95, "affine": True,
                                "output_norm": True}
     assert config["defense"]["xi"] == 0 and config["defense"]["eps"] == 0.3

@@ -13,10 +13,10 @@ batch-norm statistics re-estimated over the whole pool (what the suites test) an
 ones, and the accuracy on the labelled examples. A row is written at each checkpoint; a killed run
 keeps the seeds it finished and restarts the one it was in.
 
-``--model KEY=VALUE`` and ``--defense KEY=VALUE`` (TOML values) change one parameter of the
+``--dataset``, ``--model`` and ``--defense KEY=VALUE`` (TOML values) change a parameter of the
 components, for a variant in its own ``--output``: e.g. the official VAT's network and optimiser,
-``--model affine=true output_norm=true lr=2e-3 lr_decay=0.9``, or exact Hessian products,
-``--defense xi=0``.
+``--model affine=true output_norm=true lr=2e-3 lr_decay=0.9``, exact Hessian products,
+``--defense xi=0``, or half the pool, ``--dataset test_size=5000``.
 """
 
 from __future__ import annotations
@@ -123,12 +123,14 @@ def train_seed(registry: Registry, data: Dataset, components: Mapping[str, dict[
 
 
 
-def components(model: Mapping[str, Any], defense: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The model and defense tables with the command line's changes."""
-    for name, changes in (("model", model), ("defense", defense)):
+def components(
+    dataset: Mapping[str, Any], model: Mapping[str, Any], defense: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The dataset, model and defense tables with the command line's changes."""
+    for name, changes in (("dataset", dataset), ("model", model), ("defense", defense)):
         if "name" in changes or "epochs" in changes:
             raise UsageError(f"--{name} cannot change 'name' or 'epochs' (the curve is VAT's, its length --steps)")
-    return {"model": {**MODEL, **model}, "defense": {**DEFENSE, **defense}}
+    return {"dataset": {**DATASET, **dataset}, "model": {**MODEL, **model}, "defense": {**DEFENSE, **defense}}
 
 
 def parse_settings(pairs: Sequence[str], option: str) -> dict[str, Any]:
@@ -147,7 +149,7 @@ def parse_settings(pairs: Sequence[str], option: str) -> dict[str, Any]:
 
 def config(steps: int, every: int, tables: Mapping[str, dict[str, Any]]) -> str:
     """What a curve's rows depend on besides the seed, stored in each row to refuse a mixed file."""
-    return json.dumps({"dataset": DATASET, "model": tables["model"], "defense": tables["defense"],
+    return json.dumps({"dataset": tables["dataset"], "model": tables["model"], "defense": tables["defense"],
                        "decay_every": DECAY_EVERY, "steps": steps, "every": every}, sort_keys=True)
 
 
@@ -178,12 +180,12 @@ def run(data_dir: Path, output: Path, seeds: Sequence[int], steps: int, every: i
 
     if steps % every:
         raise UsageError(f"--steps ({steps}) must be a multiple of --every ({every})")
-    tables = tables or components({}, {})
+    tables = tables or components({}, {}, {})
     expected = config(steps, every, tables)
     rows = read_finished(output, expected)
     done = {row["seed"] for row in rows}
     registry = load_plugins()
-    data = registry.build_from_table("dataset", DATASET, data_dir=data_dir)
+    data = registry.build_from_table("dataset", tables["dataset"], data_dir=data_dir)
     for seed in seeds:
         if seed in done:
             print(f"seed {seed}: finished before", file=sys.stderr)
@@ -207,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=1_000)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (set them: defaults collapse on a busy machine)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dataset", nargs="+", default=[], metavar="KEY=VALUE", help="change a parameter of idx")
     parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE", help="change a parameter of mlp-bn")
     parser.add_argument("--defense", nargs="+", default=[], metavar="KEY=VALUE", help="change a parameter of vat")
     args = parser.parse_args(argv)
@@ -214,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--steps, --every and --threads must be positive")
     torch.set_num_threads(args.threads)
     try:
-        tables = components(parse_settings(args.model, "--model"), parse_settings(args.defense, "--defense"))
+        tables = components(*(parse_settings(getattr(args, name), f"--{name}") for name in ("dataset", "model", "defense")))
         run(args.data_dir, args.output, args.seeds, args.steps, args.every, args.device, tables)
     except HarnessError as exc:
         print(f"harness_xvat.curve: error: {exc}", file=sys.stderr)
