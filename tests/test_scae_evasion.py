@@ -139,3 +139,89 @@ def test_sign_steps_break_images(model):
 def test_rejects_bad_settings(settings):
     with pytest.raises(ValueError):
         SCAEEvasion(**settings)
+
+
+def test_steps_follow_the_gradient_of_the_papers_loss_and_descend(model, monkeypatch):
+    """The gradient handed to the step rule is that of ½‖x′ − x‖² + const · ½ Σ_active a² with
+    x′ = (tanh(w · ink + atanh(2x − 1)) + 1) / 2 (Formula 4 and Appendix A), written out here; and
+    w moves against it."""
+    from harness_scae import evasion
+    from harness_scae.evasion import ATANH_SHRINK, ink_mask
+
+    x, y = toy_batch(4, model, seed=2, wrong=0)
+    start = torch.rand(x.shape, generator=torch.Generator().manual_seed(7)) - 0.5
+    seen = []
+
+    def recording_rule(optimizer, lr, like):
+        def step(grad):
+            seen.append(grad.clone())
+            return 0.05 * grad
+        return step
+
+    monkeypatch.setattr(evasion, "_step_rule", recording_rule)
+    const = 30.0
+    scae_evasion(model, x, y, head="posterior-linear", initial_w=lambda k: start, outer=1, inner=2, const=const,
+                 optimizer="sign", lr=0.1, mask=True)
+
+    targets = active_capsules(model.capsule_presences(x, "posterior")).to(x.dtype)
+
+    def loss_gradient(w, scale=ink_mask(x)):
+        w = w.clone().requires_grad_(True)
+        candidate = 0.5 * (torch.tanh(w * scale + torch.atanh((2 * x - 1) * ATANH_SHRINK)) + 1)
+        presences = model.capsule_presences(candidate, "posterior")
+        loss = 0.5 * (candidate - x).flatten(1).square().sum(1) + const * 0.5 * (presences * targets).square().sum(1)
+        return torch.autograd.grad(loss.sum(), w)[0]
+
+    first = loss_gradient(start)
+    assert torch.allclose(seen[0], first, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(seen[1], loss_gradient(start - 0.05 * first), rtol=1e-4, atol=1e-7)  # descent
+    # the attack object passes its own settings on: no ink mask, its constant, its generator's start
+    seen.clear()
+    SCAEEvasion(outer=1, inner=1, const=const, mask=False, head="posterior-linear").generate(
+        model, x, y, None, generator=torch.Generator().manual_seed(0))
+    uniform = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(seen[0], loss_gradient(uniform, torch.ones_like(x)), rtol=1e-4, atol=1e-7)
+
+
+def test_the_batched_adam_is_torchs_adam():
+    from harness_scae.evasion import _Adam
+
+    grads = [torch.tensor([[0.5, -2.0]]), torch.tensor([[0.1, 3.0]]), torch.tensor([[-1.0, 0.0]])]
+    ours = _Adam(grads[0], lr=0.3)
+    parameter = torch.nn.Parameter(torch.zeros(1, 2))
+    reference = torch.optim.Adam([parameter], lr=0.3, betas=(0.9, 0.999), eps=1e-8)
+    w = torch.zeros(1, 2)
+    for grad in grads:
+        w = w - ours(grad)
+        parameter.grad = grad.clone()
+        reference.step()
+        assert torch.allclose(w, parameter.detach(), atol=1e-6)
+
+
+def test_defaults_are_the_reference_codes_and_the_smallest_settings_are_accepted():
+    attack = SCAEEvasion()
+    assert (attack.outer, attack.inner, attack.const, attack.optimizer, attack.lr, attack.mask, attack.batch_size) == (
+        9, 300, 100.0, "adam", 1.0, True, 100
+    )
+    SCAEEvasion(outer=1, inner=1, batch_size=1)
+    for settings, message in (({"batch_size": 0}, "at least 1"), ({"outer": 0}, "at least 1"),
+                              ({"norm": "linf"}, "minimises the l2 norm, not 'linf'"),
+                              ({"optimizer": "sgd"}, "unknown optimizer 'sgd' \\(known: adam, sign\\)")):
+        with pytest.raises(ValueError, match=message):
+            SCAEEvasion(**settings)
+
+
+def test_the_outcome_is_fixed_by_the_attacks_generator_alone(model):
+    x, y = toy_batch(5, model, seed=3)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        runs.append(SCAEEvasion(outer=2, inner=3).run(model, x, y, None, torch.Generator().manual_seed(0)).x_adv)
+    assert torch.equal(*runs)
+
+
+def test_a_batch_with_nothing_classified_correctly_has_success_rate_zero(model):
+    x, y = toy_batch(3, model, seed=4, wrong=3)
+    outcome = SCAEEvasion(outer=1, inner=2).run(model, x, y, None, torch.Generator().manual_seed(0))
+    assert outcome.scalars["success_rate"] == 0.0 and torch.equal(outcome.x_adv, x)
+    assert outcome.extras["success"].dtype == x.dtype and not outcome.extras["success"].any()

@@ -203,3 +203,46 @@ def test_small_sgm_suite_runs_with_control_and_sgm_in_lock_step(cli, tmp_path, w
     columns = ["model", "attack", "eps", "clean_accuracy", "robust_accuracy", "mean_perturbation_l2"]
     control = rows[rows["defense"] == "none"][columns].reset_index(drop=True)
     assert control.equals(rows[rows["defense"] == "sgm"][columns].reset_index(drop=True))
+
+
+@pytest.mark.parametrize("options", [{"sign": True}, {"clip": True}, {"scale": "batch-mean"}])
+def test_the_defense_moves_the_inputs_with_its_own_sign_clip_and_scale(data, options):
+    """Each option reaches the update: the stored inputs after an epoch are input_gradient_step's
+    with exactly these options, and differ from the plain update's."""
+    state = trained_state(data)
+    state.epoch, x = 0, state.x_train.clone()
+    chosen = {**SGM, "input_lr": 20.0, **options}
+    SmoothGradientMethod(**chosen).epoch_finished(state)
+    expected = input_gradient_step(state.model, x, state.y_train, state, 20.0, chosen["sign"], chosen["clip"],
+                                   chosen.get("scale", "per-sample"))
+    plain = input_gradient_step(state.model, x, state.y_train, state, 20.0, False, False, "per-sample")
+    assert torch.equal(state.x_train, expected) and not torch.equal(state.x_train, plain)
+
+
+def test_the_papers_fgsm_steps_up_the_clipped_cross_entropy_by_eps_times_its_sign():
+    """A linear model without dropout: x_adv = clip(x + eps * sign(d loss / dx), 0, 1), by hand."""
+    from harness_sgm.attacks import PaperFGSM
+
+    class Linear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.tensor([[1.0, -2.0], [-1.0, 0.5]]))
+
+        def logits(self, x):
+            return x.flatten(1) @ self.weight
+
+    x = torch.tensor([[0.5, 0.5], [0.02, 0.98]]).view(2, 1, 1, 2)
+    y = torch.tensor([0, 1])
+    # d(-log p_y)/dx = W (p - onehot(y)); the true class's column pulls one way, the other's the other
+    x_adv = PaperFGSM().generate(Linear(), x, y, 0.1, generator=torch.Generator())
+    expected = torch.tensor([[0.4, 0.6], [0.12, 0.88]]).view(2, 1, 1, 2)
+    assert torch.allclose(x_adv, expected)
+    with pytest.raises(ValueError, match="the paper's FGSM is an Linf attack, not 'l2'"):
+        PaperFGSM("l2")
+
+
+def test_keras_cross_entropy_caps_the_loss_of_a_hopeless_sample():
+    from harness_sgm.attacks import keras_cross_entropy
+
+    logits = torch.tensor([[0.0, 40.0]])  # true class 0 has probability e^-40, clipped up to 1e-7
+    assert keras_cross_entropy(logits, torch.tensor([0])).item() == pytest.approx(-torch.log(torch.tensor(1e-7)).item())
