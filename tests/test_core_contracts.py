@@ -5,7 +5,6 @@ randomness, nested attack tables, stale results, and the earlier plugin forms.""
 
 from __future__ import annotations
 
-import gc
 import importlib
 import json
 import math
@@ -15,7 +14,6 @@ import weakref
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_SUITE
 
 import harness_testplugin
 from harness.cache import digest

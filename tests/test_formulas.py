@@ -195,3 +195,26 @@ def test_the_autoencoder_attacks_check_their_parameters():
             OutputAttack(**{**valid, **change})
     with pytest.raises(ValueError, match="l2 norm, not 'linf'"):
         OutputAttack(**{**valid, "norm": "linf"})
+
+
+def test_the_optimisation_judges_clipped_inputs_so_it_stops_at_the_bound():
+    """A target that only inputs beyond [0, 1] would reach: with the input clipped inside the loss,
+    going past the bound buys nothing and the C term pulls delta back to it (0.1 above 0.9, 0.1
+    below 0.1); unclipped, delta would run on to about 0.6."""
+    attack = OutputAttack(norm="l2", pairs=1, iterations=800, lr=0.01, c_grid=[0.01], reconstructions=1)
+    x_source = torch.tensor([0.9, 0.1], dtype=torch.float64).view(2, 1, 1, 1)
+    x_target = torch.tensor([1.0, 0.0], dtype=torch.float64).view(2, 1, 1, 1)  # reachable from 1.5 and -0.5
+    delta = attack.optimise(HalfScale(), x_source, x_target, torch.full((2,), 0.01, dtype=torch.float64),
+                            torch.Generator().manual_seed(0))
+    assert delta.flatten().tolist() == pytest.approx([0.1, -0.1], abs=0.02)
+
+
+def test_the_attack_is_fixed_by_its_generator_alone():
+    attack = OutputAttack(norm="l2", pairs=2, iterations=5, lr=0.05, c_grid=[0.5, 1.0], reconstructions=1)
+    x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        runs.append(attack.generate(HalfScale(), x, y, None, generator=torch.Generator().manual_seed(0)).x_adv)
+    assert torch.equal(*runs)

@@ -12,7 +12,7 @@ from scipy.stats import binomtest
 from test_leaderboard import make_row
 
 from harness.errors import ValidationError
-from harness.leaderboard import read_leaderboard, to_frame, write_leaderboard
+from harness.leaderboard import read_leaderboard, to_frame
 from harness.outcomes import check_against, outcomes_path, read_outcomes, write_outcomes
 from harness.review import flags, worst_case
 

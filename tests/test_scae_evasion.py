@@ -225,3 +225,27 @@ def test_a_batch_with_nothing_classified_correctly_has_success_rate_zero(model):
     outcome = SCAEEvasion(outer=1, inner=2).run(model, x, y, None, torch.Generator().manual_seed(0))
     assert outcome.scalars["success_rate"] == 0.0 and torch.equal(outcome.x_adv, x)
     assert outcome.extras["success"].dtype == x.dtype and not outcome.extras["success"].any()
+
+
+def test_the_ink_mask_is_a_zero_padded_box_average():
+    from harness_scae.evasion import ink_mask
+
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 0, 0] = 1.0
+    mask = ink_mask(x)[0, 0]
+    assert mask[0, 0].item() == pytest.approx(1 / 9) and mask[1, 1].item() == pytest.approx(1 / 9)
+    assert mask[2, 2].item() == 0.0
+
+
+def test_the_attack_object_applies_the_ink_mask_by_default(model):
+    """Blank pixels far from ink have a mask of zero, so w cannot move them: they stay at the tanh
+    reparametrisation's image of 0 (about 5e-7), or at 0 where nothing was found."""
+    from harness_scae.evasion import ATANH_SHRINK, ink_mask
+
+    x, y = toy_batch(6, model, seed=5, wrong=0)
+    far = ink_mask(x) == 0
+    fixed = {0.0, (0.5 * (torch.tanh(torch.atanh(torch.tensor(-ATANH_SHRINK))) + 1)).item()}
+    masked = SCAEEvasion(outer=1, inner=5).run(model, x, y, None, torch.Generator().manual_seed(0))
+    unmasked = SCAEEvasion(outer=1, inner=5, mask=False).run(model, x, y, None, torch.Generator().manual_seed(0))
+    assert far.any() and set(masked.x_adv[far].tolist()) <= fixed
+    assert not set(unmasked.x_adv[far].tolist()) <= fixed

@@ -246,3 +246,15 @@ def test_keras_cross_entropy_caps_the_loss_of_a_hopeless_sample():
 
     logits = torch.tensor([[0.0, 40.0]])  # true class 0 has probability e^-40, clipped up to 1e-7
     assert keras_cross_entropy(logits, torch.tensor([0])).item() == pytest.approx(-torch.log(torch.tensor(1e-7)).item())
+
+
+def test_the_papers_fgsm_leaves_a_sample_in_the_clips_dead_zone_where_it_is():
+    """True-class probability above 1 - 1e-7: the clipped cross-entropy has no gradient, so no step."""
+    from harness_sgm.attacks import PaperFGSM
+
+    class Confident(nn.Module):
+        def logits(self, x):
+            return torch.cat([40 * x.flatten(1).sum(1, keepdim=True), torch.zeros(len(x), 1)], dim=1)
+
+    x = torch.full((1, 1, 1, 2), 0.5)
+    assert torch.equal(PaperFGSM().generate(Confident(), x, torch.tensor([0]), 0.1, generator=torch.Generator()), x)
