@@ -160,7 +160,8 @@ def test_the_attack_keeps_the_closest_perturbation_within_the_source_target_dist
     attack = OutputAttack(norm="l2", pairs=2, iterations=1, lr=0.1, c_grid=[1.0, 2.0, 3.0], reconstructions=1)
     x = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(4, 1, 1, 1)
     y = torch.tensor([0, 1, 2, 3])
-    monkeypatch.setattr(attacks, "choose_pairs", lambda y, pairs, generator: (torch.tensor([1, 3]), torch.tensor([0, 2])))
+    pairs = (torch.tensor([1, 3]), torch.tensor([0, 2]))
+    monkeypatch.setattr(attacks, "choose_pairs", lambda y, count, generator: pairs)
     # each (source, C) row's perturbation is 0.01 * (its row number + 1): it shows which C was kept
     monkeypatch.setattr(attack, "optimise", lambda model, xs, xt, c, g: 0.01 * torch.arange(1.0, 7.0).view(6, 1, 1, 1))
     inputs = torch.tensor([0.5, 1.0, 1.5, 1.2, 2.0, 3.0])  # source 1: C = 2 is at the bound; source 3: none within

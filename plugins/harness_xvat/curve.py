@@ -217,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--steps, --every and --threads must be positive")
     torch.set_num_threads(args.threads)
     try:
-        tables = components(*(parse_settings(getattr(args, name), f"--{name}") for name in ("dataset", "model", "defense")))
+        changes = (parse_settings(getattr(args, name), f"--{name}") for name in ("dataset", "model", "defense"))
+        tables = components(*changes)
         run(args.data_dir, args.output, args.seeds, args.steps, args.every, args.device, tables)
     except HarnessError as exc:
         print(f"harness_xvat.curve: error: {exc}", file=sys.stderr)
