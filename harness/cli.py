@@ -63,6 +63,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         }
         if args.params:
             item["params"] = {k: {n: _params(registry.get(k, n)) for n in names} for k, names in components.items()}
+            item["unavailable"] = {
+                f"{kind}:{name}": reason
+                for kind, names in components.items() for name in names
+                if (reason := registry.get(kind, name).availability())
+            }  # fmt: skip
         if plugin.error:
             item["error"] = plugin.error
         listing.append(item)
@@ -77,7 +82,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for kind, names in item["components"].items():
             print(f"  {kind}s:")
             for name in names:
-                print(f"    {name}: {registry.get(kind, name).description}")
+                reason = item.get("unavailable", {}).get(f"{kind}:{name}")
+                status = f"UNAVAILABLE ({reason}): " if reason else ""
+                print(f"    {name}: {status}{registry.get(kind, name).description}")
                 for param, spec in item["params"][kind][name].items() if args.params else ():
                     choices = f" (one of {', '.join(map(repr, spec['choices']))})" if spec["choices"] else ""
                     bounds = f" ({spec['range']})" if spec["range"] else ""
@@ -158,7 +165,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from harness.leaderboard import metric_columns
-    from harness.review import FLAGS, flags, worst_case
+    from harness.review import FLAGS, WORST_CASE, flags, verdicts, worst_case
 
     frame, outcomes = read_with_outcomes(args.csv)
     frame = frame.assign(flags=flags(frame))
@@ -193,6 +200,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     raised = sorted({name for text in table["flags"] for name in text.split("; ") if name})
     for name in raised:
         print(f"flag {name}: {FLAGS[name]}")
+    for line in verdicts(shown[shown["attack"] != WORST_CASE]):
+        print(line)
     hidden = len(frame) - len(_filtered(frame, argparse.Namespace(**{**vars(args), "status": "all"})))
     if args.status != "all":
         others = frame[frame["status"] != args.status]["status"].value_counts()
@@ -242,18 +251,6 @@ def higher_is_better(column: str, frame: pd.DataFrame) -> bool:
     return column not in LOWER_IS_BETTER
 
 
-def _schema_version(path: Path) -> Any:
-    import pandas as pd
-
-    try:
-        versions = pd.read_csv(path, usecols=["schema_version"])["schema_version"].dropna().unique()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such leaderboard file") from None
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return None  # validation explains what is wrong
-    return versions[0] if len(versions) == 1 else None
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -272,9 +269,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         table = compare.compare_within(a, args.by, args.baseline, args.alpha)
         title = f"{args.a}: each {args.by} against {args.by} = {args.baseline}"
     else:
-        version_a, version_b = _schema_version(args.a), _schema_version(args.b)
-        if version_a is not None and version_b is not None and version_a != version_b:
-            raise HarnessError(f"schema versions differ: {args.a} has {version_a}, {args.b} has {version_b}")
         frame_b, outcomes_b = read_with_outcomes(args.b)
         table = compare.compare_two(a, compare.side(frame_b, outcomes_b), args.alpha)
         title = f"B = {args.b} against A = {args.a}"

@@ -361,6 +361,13 @@ class Attack(ABC):
 
     requires: ClassVar[frozenset[str]] = frozenset({LOGITS})
     minimal_norm: ClassVar[bool] = False
+    access: ClassVar[str] = "white-box"
+    """How the attack reaches the model: ``white-box`` (its gradients), ``black-box`` (its scores
+    or labels only) or ``transfer`` (another model's gradients). The ``weaker-white-box`` check
+    compares them (see :mod:`harness.review`)."""
+    eot: bool = False
+    """True if the attack averages a randomized model's gradients over draws (expectation over
+    transformation); the ``randomized-without-eot`` check reads it. May be set per instance."""
 
     def __init__(self, norm: str = "linf"):
         self.norm = norm

@@ -23,6 +23,7 @@ import torch
 
 from harness.cache import ArtifactCache
 from harness.contracts import (
+    LOGITS,
     NORMS,
     Attack,
     AttackOutcome,
@@ -36,6 +37,7 @@ from harness.contracts import (
     SweepMetric,
     TrainContext,
     TrainingAttack,
+    attacking,
     budget_violation,
     perturbation_norms,
 )
@@ -155,6 +157,19 @@ class TrainedModel:
     clean_pred: torch.Tensor
     note: str = ""
     """What every row of the model says in its message (an ``n_samples`` cut to the test split)."""
+    zero_gradient_fraction: float = float("nan")
+    """See :func:`zero_gradient_fraction`."""
+    output_varies: bool = False
+    """See :func:`output_varies`."""
+
+    def randomness(self, attack: Attack) -> str:
+        """How the cell deals with a model whose output varies: ``deterministic`` (it does not),
+        ``draws`` (accuracies averaged over the suite's draws), ``eot`` (the attack averages its
+        gradients), both, or ``unhandled``."""
+        if not (self.output_varies or self.model.stochastic):
+            return "deterministic"
+        handled = [name for name, used in (("draws", self.draws > 1), ("eot", attack.eot)) if used]
+        return "+".join(handled) or "unhandled"
 
 
 @dataclass(frozen=True)
@@ -232,7 +247,10 @@ class Workspace:
                 self.warn(f"dataset '{cell.dataset.label}': {note}")
         draws = cell.draws if model.stochastic else 1
         clean = self.predictions(model, x, draws, cell.model_key)
-        return TrainedModel(model, train_seconds, x, y, draws, clean, note)
+        with preserved_rng():
+            zero = zero_gradient_fraction(model, x, y, self.device, self.batch_size)
+            varies = output_varies(model, x[: self.batch_size].to(self.device))
+        return TrainedModel(model, train_seconds, x, y, draws, clean, note, zero, varies)
 
     def _load_backbone(self, cell: Cell, model: Model, head: set[str]) -> float | None:
         entry = self.cache.load("models", cell.training_key, cell.training_config)
@@ -352,6 +370,43 @@ class Workspace:
             norm, cell.eps, trained.x, trained.y, run, minimal, trained.clean_pred,
             lambda x_adv: self.predictions(trained.model, x_adv, trained.draws, cell.model_key),
         )  # fmt: skip
+
+
+def zero_gradient_fraction(model: Model, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int) -> float:
+    """The fraction of samples whose input gradient of the cross-entropy of the model's logits is
+    zero everywhere or not finite somewhere: there a gradient attack on that loss cannot move (the
+    check of ART's ``loss_gradient_check`` and AutoAttack's ``check_zero_gradients``). NaN for a
+    model without logits."""
+    if not model.has(LOGITS) or not len(x):
+        return float("nan")
+    stuck = 0
+    with attacking(model):
+        for chunk, labels in zip(x.split(batch_size), y.split(batch_size)):
+            chunk = chunk.to(device).requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model.logits(chunk), labels.to(device), reduction="sum")
+            (gradient,) = torch.autograd.grad(loss, chunk)
+            flat = gradient.flatten(1)
+            stuck += int(((flat == 0).all(dim=1) | ~torch.isfinite(flat).all(dim=1)).sum())
+    return stuck / len(x)
+
+
+VARIES = 1e-4
+"""AutoAttack's ``check_randomized`` threshold on the L2 distance of two normalised outputs."""
+
+
+@torch.no_grad()
+def output_varies(model: Model, x: torch.Tensor) -> bool:
+    """Whether two identical forward passes over ``x`` differ: another predicted label, or logits
+    whose normalised L2 distance exceeds :data:`VARIES` (AutoAttack's ``check_randomized``)."""
+    if not len(x):
+        return False
+    if not model.has(LOGITS):
+        return not torch.equal(model.predict(x), model.predict(x))
+    first, second = model.logits(x), model.logits(x)
+    if not torch.equal(first.argmax(dim=1), second.argmax(dim=1)):
+        return True
+    unit = [t / (t.flatten(1).norm(dim=1, keepdim=True) + 1e-10) for t in (first, second)]
+    return bool(((unit[0] - unit[1]).flatten(1).norm(dim=1) > VARIES).any())
 
 
 def cell_outcome(
@@ -496,6 +551,9 @@ def _compute_sweep(
                 "train_seconds": trained.train_seconds,
                 "attack_seconds": run.seconds,
                 "minimal_norm": attack.minimal_norm,
+                "attack_access": attack.access,
+                "zero_gradient_fraction": trained.zero_gradient_fraction,
+                "randomness": trained.randomness(attack),
                 **{f"metric_{name}": value for name, value in run.scalars.items()},
                 **values,
             }

@@ -17,7 +17,9 @@ from harness.files import write_atomically
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)
+"""Version 2 lacks the columns :data:`ADDED_IN_3`; reading it adds them, empty."""
 KEY = ["dataset", "model", "defense", "attack", "norm", "eps", "seed"]
 STATUSES = ("ok", "skipped", "error")
 METRIC_PREFIX = "metric_"
@@ -28,8 +30,13 @@ RESULT_COLUMNS = [
     "n_samples", "clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low",
     "robust_accuracy_ci_high", "attack_success_rate", "mean_perturbation_l2",
     "median_perturbation_l2", "max_perturbation_linf", "train_seconds", "attack_seconds",
-    "minimal_norm", "status", "message", "flags", "cell_id",
+    "minimal_norm", "attack_access", "zero_gradient_fraction", "randomness", "status", "message", "flags",
+    "cell_id",
 ]  # fmt: skip
+ADDED_IN_3 = ["attack_access", "zero_gradient_fraction", "randomness"]
+"""What the adaptive-evaluation checks read (see :mod:`harness.review`)."""
+ACCESS = ("white-box", "black-box", "transfer")
+RANDOMNESS = ("deterministic", "draws", "eot", "draws+eot", "unhandled")
 PROVENANCE_COLUMNS = [
     *(f"{kind}_{field}" for kind in COMPONENT_KINDS for field in ("params", "plugin", "distribution", "version")),
     "metrics", "harness_version", "torch_version", "numpy_version", "art_version", "python_version",
@@ -41,10 +48,11 @@ INTEGER_COLUMNS = ["schema_version", "seed", "n_samples"]
 FLOAT_COLUMNS = [
     "eps", "clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low", "robust_accuracy_ci_high",
     "attack_success_rate", "mean_perturbation_l2", "median_perturbation_l2",
-    "max_perturbation_linf", "train_seconds", "attack_seconds",
+    "max_perturbation_linf", "train_seconds", "attack_seconds", "zero_gradient_fraction",
 ]  # fmt: skip
 FRACTION_COLUMNS = [
     "clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low", "robust_accuracy_ci_high", "attack_success_rate",
+    "zero_gradient_fraction",
 ]  # fmt: skip
 REQUIRED_WHEN_OK = ["clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low", "robust_accuracy_ci_high"]
 TEXT_COLUMNS = [c for c in COLUMNS if c not in INTEGER_COLUMNS + FLOAT_COLUMNS]
@@ -139,6 +147,12 @@ def validate_frame(frame: pd.DataFrame) -> list[str]:
     """One message per problem; converts numeric columns of ``frame`` in place."""
     import pandas as pd
 
+    if not any(c in frame.columns for c in ADDED_IN_3):  # a version 2 leaderboard
+        for column in ADDED_IN_3:
+            position = COLUMNS.index(column)
+            if position <= len(frame.columns) and list(frame.columns[:position]) == COLUMNS[:position]:
+                dtype = "string" if column in TEXT_COLUMNS else "float64"
+                frame.insert(position, column, pd.Series(None, index=frame.index, dtype=dtype))
     columns = list(frame.columns)
     missing = [c for c in COLUMNS if c not in columns]
     if missing:
@@ -182,9 +196,10 @@ def validate_frame(frame: pd.DataFrame) -> list[str]:
         return problems
 
     versions = set(frame["schema_version"].dropna().astype(int))
-    if versions - {SCHEMA_VERSION}:
+    if versions - set(READABLE_VERSIONS):
         found = ", ".join(str(v) for v in sorted(versions))
-        return [f"unsupported schema_version {found} (this harness reads version {SCHEMA_VERSION})"]
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        return [f"unsupported schema_version {found} (this harness reads versions {readable})"]
 
     bad_status = ~frame["status"].isin(STATUSES)
     if bad_status.any():
@@ -204,6 +219,11 @@ def validate_frame(frame: pd.DataFrame) -> list[str]:
         out = (frame[column] < -TOLERANCE) | (frame[column] > 1 + TOLERANCE)
         if out.any():
             problems.append(f"column '{column}' must lie in [0, 1] (lines {', '.join(str(line(i)) for i in frame.index[out][:5])})")
+    for column, allowed in (("attack_access", ACCESS), ("randomness", RANDOMNESS)):
+        bad = frame[column].notna() & ~frame[column].isin(allowed)
+        if bad.any():
+            problems.append(f"column '{column}' must be one of {', '.join(allowed)} or empty "
+                            f"(lines {', '.join(str(line(i)) for i in frame.index[bad][:5])})")
     bad_kind = frame["minimal_norm"].notna() & ~frame["minimal_norm"].isin(["True", "False"])
     if bad_kind.any():
         problems.append(f"column 'minimal_norm' must be True, False or empty (lines {', '.join(str(line(i)) for i in frame.index[bad_kind][:5])})")

@@ -207,6 +207,7 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo, proble
         imports: Iterable[str] = (),
         evaluation_params: Iterable[str] = (),
         higher_is_better: bool | None = None,
+        unavailable: str = "",
     ) -> None:
         existing = registry.components[kind].get(name)
         range_problem = _range_problem(params or {}, ranges or {})
@@ -237,6 +238,7 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo, proble
                 evaluation_params=tuple(evaluation_params),
                 higher_is_better=higher_is_better,
                 ranges=dict(ranges or {}),
+                unavailable=unavailable,
             )
             return
         problems.append(problem)

@@ -33,6 +33,8 @@ def check_buildable(suite: Suite) -> None:
 
 
 def _check(component: Component, params: dict) -> str | None:
+    if component.unavailable:
+        return f"it is unavailable: {component.unavailable}"
     try:
         factory = component.load()
     except Exception as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import importlib.util
 import math
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
@@ -36,6 +37,7 @@ class RegisterFunction(Protocol):
         imports: Iterable[str] = (),
         evaluation_params: Iterable[str] = (),
         higher_is_better: bool | None = None,
+        unavailable: str = "",
     ) -> None: ...
 
 
@@ -133,6 +135,7 @@ class Component:
     ``evaluation_params`` are parameters that choose how a trained model is evaluated (its head),
     not how it is trained, so entries differing only in them share one trained model.
     ``higher_is_better`` (metrics) tells ``harness show --sort`` which way to rank its column.
+    ``unavailable`` is a reason the component can never run (see :meth:`availability`).
     ``ranges`` bounds numeric parameters (see :class:`Range`); whatever their range, a given NaN is
     rejected, and so is an infinite value unless the default is infinite (``eps = inf``).
     """
@@ -150,6 +153,24 @@ class Component:
     evaluation_params: tuple[str, ...] = ()
     higher_is_better: bool | None = None
     ranges: Mapping[str, Range] = field(default_factory=dict)
+    unavailable: str = ""
+    """Why the component cannot run at all, whatever is installed (e.g. an ART attack for object
+    detectors): listed with the reason by ``harness plugins``, refused by a suite's check."""
+
+    def availability(self) -> str:
+        """Why the component cannot run here (its :attr:`unavailable` reason, or a package of its
+        ``imports`` that is not installed), or ``""``. Finds packages without importing them."""
+        if self.unavailable:
+            return self.unavailable
+        for module in self.imports:
+            top = module.partition(".")[0]
+            try:
+                found = importlib.util.find_spec(top) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                return f"needs the package '{top}', which is not installed"
+        return ""
 
     @property
     def fingerprint(self) -> str:

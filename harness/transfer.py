@@ -21,6 +21,7 @@ class TransferAttack(Attack):
     is only asked for its predictions, so a transfer attack needs no capability of it."""
 
     requires = frozenset()
+    access = "transfer"
 
     def __init__(self, *, norm: str, source: str, source_defense: str, attack: Mapping[str, Any]):
         super().__init__(norm)

@@ -308,7 +308,7 @@ def register_models(register):
 @hookimpl
 def register_defenses(register):
     register(
-        "pgd-at",
+        "table-at",
         PGDAdversarialTraining,
         params={"attack": ComponentTable("attack", {"name": "pgd", "norm": "linf", "eps": 0.1, "max_iter": 3})},
         description="PGD adversarial training through the shared loop",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import ROOT
@@ -47,11 +46,8 @@ def test_light_commands_do_not_import_torch_or_art(leaderboard, command):
         "heavy = sorted(m for m in ('torch', 'art', 'sklearn') if m in sys.modules)\n"
         "print('HEAVY', heavy, file=sys.stderr)"
     )
-    started = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    assert "HEAVY []" in result.stderr, result.stderr
-    assert elapsed < 5, f"{args} took {elapsed:.2f}s"  # generous: the start-up is measured in the benchmarks
+    assert "HEAVY []" in result.stderr, result.stderr  # their start-up time is measured in the benchmarks
 
 
 def test_plugins_json_lists_distributions_and_components(cli):
@@ -59,7 +55,9 @@ def test_plugins_json_lists_distributions_and_components(cli):
     assert code == 0
     listing = {p["name"]: p for p in json.loads(out)}
     assert listing["art"]["distribution"] == "robustness-harness"
-    assert listing["art"]["components"] == {"attack": ["fgsm", "pgd"]}
+    from harness_art.specs import CATALOGUE, UNAVAILABLE
+
+    assert listing["art"]["components"] == {"attack": sorted(["fgsm", "pgd", *CATALOGUE, *UNAVAILABLE])}
     assert listing["classifiers"]["hooks"] == ["register_models"]
     code, out, _ = cli("plugins")
     assert code == 0 and "pgd: ART ProjectedGradientDescentPyTorch" in out
@@ -120,12 +118,20 @@ def test_compare_aligns_entries_and_lists_one_sided_ones(cli, leaderboard, tmp_p
     assert record["robust_diff"] == pytest.approx(-0.125 / paired)  # one seed of the entry lost 0.125
 
 
-def test_compare_reports_mismatched_schema_versions(cli, leaderboard, tmp_path):
-    frame = read_leaderboard(leaderboard).assign(schema_version=3)
+def test_compare_reads_a_version_2_leaderboard_and_refuses_an_unknown_version(cli, leaderboard, tmp_path):
+    from harness.leaderboard import ADDED_IN_3
+
+    frame = read_leaderboard(leaderboard)
+    earlier = tmp_path / "earlier.csv"
+    frame.drop(columns=ADDED_IN_3).assign(schema_version=2).to_csv(earlier, index=False)
+    code, out, err = cli("compare", earlier, leaderboard)
+    assert code == 0, err
+    old = read_leaderboard(earlier)
+    assert list(old.columns) == list(frame.columns) and old["attack_access"].isna().all()
     future = tmp_path / "future.csv"
-    frame.to_csv(future, index=False)
+    frame.assign(schema_version=4).to_csv(future, index=False)
     code, _, err = cli("compare", leaderboard, future)
-    assert code == 1 and "schema versions differ" in err and "has 2" in err and "has 3" in err
+    assert code == 2 and "unsupported schema_version 4 (this harness reads versions 2 and 3)" in err
 
 
 def test_corrupt_csv_as_run_output_is_a_clean_error(cli, write_suite, tmp_path):

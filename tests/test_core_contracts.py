@@ -198,17 +198,17 @@ PGD = '[[attacks]]\nname = "pgd"\nmax_iter = 10\neps = [0.1]\n'
 
 def test_one_adversarial_training_defense_trains_shipped_and_third_party_models(cli, write_suite):
     models = MLP + '[[models]]\nname = "cnn"\nchannels = [8]\nhidden = 16\nepochs = 2\n[[models]]\nname = "logreg"\nepochs = 5\n'
-    defenses = '[[defenses]]\nname = "none"\n[[defenses]]\nname = "pgd-at"\nattack = {name = "pgd", eps = 0.1, max_iter = 3}\n'
+    defenses = '[[defenses]]\nname = "none"\n[[defenses]]\nname = "table-at"\nattack = {name = "pgd", eps = 0.1, max_iter = 3}\n'
     suite = write_suite(suite_text(models + defenses + PGD, n_samples=100))
     code, out, err = cli("run", suite)
     assert code == 0, err
     frame = rows(suite.with_suffix(".csv")).set_index(["model", "defense"])
     assert set(frame.index.get_level_values("model")) == {"mlp", "cnn", "logreg"}
-    assert frame.loc[("logreg", "pgd-at"), "model_distribution"] == "harness-noise"
+    assert frame.loc[("logreg", "table-at"), "model_distribution"] == "harness-noise"
     for model in ("mlp", "cnn", "logreg"):
-        assert frame.loc[(model, "pgd-at"), "status"] == "ok"
-        assert frame.loc[(model, "pgd-at"), "robust_accuracy"] != frame.loc[(model, "none"), "robust_accuracy"]
-    assert '"max_iter": 3' in frame.loc[("mlp", "pgd-at"), "defense_params"] and '"eps": 0.1' in frame.loc[("mlp", "pgd-at"), "defense_params"]
+        assert frame.loc[(model, "table-at"), "status"] == "ok"
+        assert frame.loc[(model, "table-at"), "robust_accuracy"] != frame.loc[(model, "none"), "robust_accuracy"]
+    assert '"max_iter": 3' in frame.loc[("mlp", "table-at"), "defense_params"] and '"eps": 0.1' in frame.loc[("mlp", "table-at"), "defense_params"]
 
 
 def test_adversarial_training_runs_in_training_mode_on_adversarial_batches():
@@ -339,14 +339,14 @@ def test_the_student_does_not_depend_on_whether_the_teacher_was_cached(cli, writ
 
 
 def test_a_defense_attack_table_is_validated_with_the_suite(cli, write_suite):
-    bad = '[[defenses]]\nname = "pgd-at"\nattack = {name = "pgd", eps = 0.1, max_iters = 3}\n'
+    bad = '[[defenses]]\nname = "table-at"\nattack = {name = "pgd", eps = 0.1, max_iters = 3}\n'
     code, _, err = cli("validate", write_suite(suite_text(MLP + bad + FGSM)))
     assert code == 2
-    assert "defenses[0] (pgd-at): parameter 'attack' (attack): unknown parameter 'max_iters' for attack 'pgd' (did you mean 'max_iter'?)" in err
-    no_eps = '[[defenses]]\nname = "pgd-at"\nattack = {name = "pgd"}\n'
+    assert "defenses[0] (table-at): parameter 'attack' (attack): unknown parameter 'max_iters' for attack 'pgd' (did you mean 'max_iter'?)" in err
+    no_eps = '[[defenses]]\nname = "table-at"\nattack = {name = "pgd"}\n'
     code, _, err = cli("validate", write_suite(suite_text(MLP + no_eps + FGSM)))
     assert code == 2 and "'eps' must be a non-negative number (the training budget), got None" in err
-    typo = '[[defenses]]\nname = "pgd-at"\nattack = {name = "pgdd", eps = 0.1}\n'
+    typo = '[[defenses]]\nname = "table-at"\nattack = {name = "pgdd", eps = 0.1}\n'
     code, _, err = cli("validate", write_suite(suite_text(MLP + typo + FGSM)))
     assert code == 2 and "unknown attack 'pgdd' (did you mean 'pgd'?)" in err
 

@@ -18,7 +18,8 @@ def make_row(**overrides):
         norm="linf", eps=0.1, seed=0, n_samples=100, clean_accuracy=0.9, robust_accuracy=0.5,
         robust_accuracy_ci_low=0.4, robust_accuracy_ci_high=0.6, attack_success_rate=0.44,
         mean_perturbation_l2=1.5, median_perturbation_l2=1.4, max_perturbation_linf=0.1, train_seconds=1.0,
-        attack_seconds=2.0, minimal_norm=False, status="ok", message="", cell_id="abc", created_at="2026-01-01T00:00:00+00:00",
+        attack_seconds=2.0, minimal_norm=False, attack_access="white-box", zero_gradient_fraction=0.0,
+        randomness="deterministic", status="ok", message="", cell_id="abc", created_at="2026-01-01T00:00:00+00:00",
     )  # fmt: skip
     row.update(overrides)
     return row

@@ -51,9 +51,10 @@ def test_a_single_step_attack_beating_an_iterative_one_is_flagged():
 
 def test_accuracy_above_chance_at_an_unbounded_or_huge_budget_is_flagged():
     got = raised([row("pgd", math.inf, 0.35), row("pgd", 0.5, 0.15), row("fgsm", 0.5, 0.25)])
-    assert got[("pgd", math.inf)] == "above-chance; rises-with-eps"  # 0.35 at inf after 0.15 at 0.5
-    assert got[("pgd", 0.5)] == ""  # under twice chance (0.2 for ten classes)
-    assert got[("fgsm", 0.5)] == "above-chance"
+    # 0.35 at inf after 0.15 at 0.5; every one of them also fails the 99% success an unbounded attack must reach
+    assert got[("pgd", math.inf)] == "above-chance; rises-with-eps; unbounded-fails"
+    assert got[("pgd", 0.5)] == "unbounded-fails"  # under twice chance (0.2 for ten classes)
+    assert got[("fgsm", 0.5)] == "above-chance; unbounded-fails"
 
 
 def test_robust_above_clean_and_over_budget_are_flagged():
@@ -147,3 +148,72 @@ def test_a_run_writes_outcomes_that_match_its_leaderboard(cli, write_suite):
     assert code == 2 and "not a readable gzip CSV" in err and "--force" in err
     code, _, err = cli("validate", suite.with_suffix(".csv"))
     assert code == 2 and "outcomes" in err
+
+
+def test_a_black_box_attack_beating_the_white_box_ones_is_flagged_on_the_white_box_rows():
+    square = dict(attack_access="black-box", attack_params=json.dumps({"norm": "linf", "queries": 5000}))
+    got = raised([row("pgd", 0.1, 0.5), row("square", 0.1, 0.4, **square), row("pgd", 0.3, 0.2),
+                  row("square", 0.3, 0.199, **square)])  # fmt: skip
+    assert got[("pgd", 0.1)] == "weaker-white-box" and got[("square", 0.1)] == ""
+    assert got[("pgd", 0.3)] == ""  # within AutoAttack's margin of 0.002
+    transfer = dict(attack_access="transfer", attack_params=json.dumps({"norm": "linf", "source": "cnn"}))
+    assert raised([row("pgd", 0.1, 0.5), row("transfer", 0.1, 0.3, **transfer)])[("pgd", 0.1)] == "weaker-white-box"
+    # the strongest white-box attack is what a black-box attack must not beat: a weak FGSM alone is no sign
+    margin = dict(attack_params=json.dumps({"norm": "linf", "max_iter": 10, "loss": "margin"}), cell_id="margin")
+    got = raised([row("fgsm", 0.1, 0.5), row("pgd-margin", 0.1, 0.2, **margin), row("transfer", 0.1, 0.3, **transfer)])
+    assert set(got.values()) == {""}
+    # a transfer from the row's own model and defense is a white-box attack
+    itself = dict(attack_access="transfer", attack_params=json.dumps({"norm": "linf", "source": "mlp"}))
+    assert set(raised([row("pgd", 0.1, 0.5), row("transfer", 0.1, 0.3, **itself)]).values()) == {""}
+
+
+def test_an_unbounded_attack_must_break_almost_everything():
+    assert raised([row("pgd", math.inf, 0.01, attack_success_rate=0.985)])[("pgd", math.inf)] == "unbounded-fails"
+    assert raised([row("pgd", math.inf, 0.0, attack_success_rate=1.0)])[("pgd", math.inf)] == ""
+    assert raised([row("pgd", 0.3, 0.5, attack_success_rate=0.4)])[("pgd", 0.3)] == ""  # a bounded budget may fail
+
+
+def test_zero_gradients_on_many_samples_flag_the_white_box_rows():
+    got = raised([row("pgd", 0.1, 0.5, zero_gradient_fraction=0.24),
+                  row("transfer", 0.1, 0.5, zero_gradient_fraction=0.24, attack_access="transfer", attack_params=FGSM)])
+    assert got[("pgd", 0.1)] == "zero-gradient" and got[("transfer", 0.1)] == ""
+    assert raised([row("pgd", 0.1, 0.5, zero_gradient_fraction=0.01)])[("pgd", 0.1)] == ""  # at the limit, not over
+
+
+def test_randomness_without_draws_or_eot_is_flagged():
+    got = raised([row("pgd", 0.1, 0.5, randomness="unhandled"), row("fgsm", 0.1, 0.6, randomness="eot")])
+    assert got == {("pgd", 0.1): "randomized-without-eot", ("fgsm", 0.1): ""}
+
+
+def test_an_attack_that_gains_from_twice_the_steps_or_more_restarts_is_not_converged():
+    longer = dict(attack_params=json.dumps({"norm": "linf", "max_iter": 20}), cell_id="longer")
+    restarts = dict(attack_params=json.dumps({"norm": "linf", "max_iter": 10, "num_random_init": 5}), cell_id="restarts")
+    got = to_frame([row("pgd", 0.1, 0.5), row("pgd-20", 0.1, 0.48, **longer), row("pgd-restarts", 0.1, 0.495, **restarts)])
+    assert dict(zip(got["attack"], flags(got))) == {"pgd": "not-converged", "pgd-20": "", "pgd-restarts": ""}
+    # other parameters differ: another attack, not more effort
+    other = dict(attack_params=json.dumps({"norm": "linf", "max_iter": 20, "eps_step": 0.5}), cell_id="other")
+    assert raised([row("pgd", 0.1, 0.5), row("pgd-big-steps", 0.1, 0.3, **other)])[("pgd", 0.1)] == ""
+    # 15 steps are not twice 10
+    almost = dict(attack_params=json.dumps({"norm": "linf", "max_iter": 15}), cell_id="almost")
+    assert raised([row("pgd", 0.1, 0.5), row("pgd-15", 0.1, 0.3, **almost)])[("pgd", 0.1)] == ""
+
+
+def test_the_verdict_names_failed_checks_with_numbers_passed_ones_and_what_was_not_checked():
+    from harness.review import verdicts
+
+    square = dict(attack_access="black-box", attack_params=json.dumps({"norm": "linf", "queries": 5000}))
+    frame = to_frame([
+        row("pgd", 0.1, 0.5, zero_gradient_fraction=0.24), row("square", 0.1, 0.3, zero_gradient_fraction=0.24, **square),
+        row("pgd", 0.1, 0.1, model="cnn", defense="none"), row("square", 0.1, 0.1, model="cnn", **square),
+    ])  # fmt: skip
+    lines = verdicts(frame.assign(flags=flags(frame)))
+    assert lines[0] == "verdict digits/mlp/none: 2 of 7 checks failed"
+    assert lines[1].startswith(
+        "  failed weaker-white-box: square leaves 30.0% where the strongest white-box attack, pgd, leaves 50.0% (linf 0.1, "
+    )
+    assert lines[2].startswith("  failed zero-gradient: 24.0% of the samples -> attack a loss that keeps gradients")
+    assert lines[3].startswith("  passed: rises-with-eps, single-step-stronger, robust-above-clean, over-budget")
+    assert "  not checked unbounded-fails: add an unbounded minimal-norm attack (eps = inf) or an Linf budget of 0.5" in lines
+    assert "  not checked not-converged: add the same attack with twice max_iter or more num_random_init" in lines
+    cnn = lines.index("verdict digits/cnn/none: 0 of 7 checks failed")
+    assert lines[cnn + 1].startswith("  passed: ")

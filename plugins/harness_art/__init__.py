@@ -1,9 +1,11 @@
-"""FGSM and PGD from the Adversarial Robustness Toolbox (ART), for the Linf and L2 threat models."""
+"""Evasion attacks from the Adversarial Robustness Toolbox (ART): FGSM and PGD, and the
+catalogue of :mod:`harness_art.specs` through one adapter."""
 
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
 from harness.registry import NON_NEGATIVE, POSITIVE, RegisterFunction
+from harness_art.specs import CATALOGUE, UNAVAILABLE
 
 NORMS = ("linf", "l2")
 LOSSES = ("cross-entropy", "margin")
@@ -38,3 +40,24 @@ def register_attacks(register: RegisterFunction) -> None:
         description="ART ProjectedGradientDescentPyTorch on the cross-entropy or the margin (loss); eps_step defaults "
         "to 2.5 * eps / max_iter (Madry et al.)",
     )
+
+    for name, spec in CATALOGUE.items():
+        register(
+            name,
+            f"harness_art.catalogue:{name.replace('-', '_')}",
+            params={"norm": next(iter(spec.norms)), **spec.params},
+            choices={"norm": tuple(spec.norms), **spec.choices},
+            ranges={key: POSITIVE for key in CATALOGUE_POSITIVE if key in spec.params},
+            imports=(*ART_MODULES, *spec.imports),
+            description=spec.description,
+        )
+    for name, (classes, reason) in UNAVAILABLE.items():
+        register(
+            name,
+            "harness_art.catalogue:CatalogueAttack",
+            params={"norm": "linf"},
+            unavailable=f"ART's {classes} {reason}",
+        )
+
+
+CATALOGUE_POSITIVE = ("batch_size", "max_iter", "eps_step", "max_eval", "init_eval", "init_size", "eps")

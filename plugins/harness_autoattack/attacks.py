@@ -57,6 +57,7 @@ class AutoAttack(Attack):
             raise ValueError(f"attacks names a component twice: {', '.join(chosen)}")
         self.version = version
         self.attacks = chosen
+        self.eot = version == "rand"  # the reference's 20 EOT iterations per gradient
 
     def reference(self, model: Model, eps: float, seed: int, device: torch.device) -> Any:
         """The reference's ``AutoAttack``, configured as ``version`` (then cut to ``attacks``)."""
