@@ -21,7 +21,9 @@ from harness.registry import Component, ComponentTable, EntryRef, Registry, did_
 
 SECTIONS = {"datasets": "dataset", "models": "model", "defenses": "defense", "attacks": "attack", "metrics": "metric"}
 TOP_LEVEL_KEYS = {"name", "description", "seeds", "n_samples", "batch_size", "draws", "plugins", *SECTIONS}
-ENTRY_KEYS = {"name", "label"}
+ENTRY_KEYS = {"name", "label", "models"}
+RESTRICTABLE = ("defenses", "attacks")
+"""Sections whose entries may name the models they apply to (``models = [...]``)."""
 DEFAULT_DEFENSES = [{"name": "none"}]
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_DRAWS = 10
@@ -52,6 +54,12 @@ class Entry:
     uses: Mapping[str, Component] = field(default_factory=dict)
     refs: Mapping[str, Entry] = field(default_factory=dict)
     """The suite's entries that parameters name by label (a transfer attack's surrogate model)."""
+    models: tuple[str, ...] = ()
+    """The model labels a defense or attack entry applies to (empty: every model of the suite), so
+    that a suite need not cross a recipe with networks it does not fit."""
+
+    def applies_to(self, model: Entry) -> bool:
+        return not self.models or model.label in self.models
 
     @property
     def config(self) -> dict[str, Any]:
@@ -103,6 +111,7 @@ class Suite:
             for dataset, model, defense, attack, seed in itertools.product(
                 self.datasets, self.models, self.defenses, self.attacks, self.seeds
             )
+            if defense.applies_to(model) and attack.applies_to(model)
             for eps in attack.eps
         ]
 
@@ -347,6 +356,15 @@ def _parse_entries(
                 problems.append(f"{where}: 'eps' has duplicates: {raw_eps!r}")
                 continue
             eps = tuple(float(e) for e in raw_eps)
+        models = table.get("models", [])
+        if "models" in table and (section not in RESTRICTABLE or not (
+            isinstance(models, list) and models and all(isinstance(m, str) for m in models)
+        )):
+            if section in RESTRICTABLE:
+                problems.append(f"{where}: 'models' must be a non-empty list of model labels, got {models!r}")
+            else:
+                problems.append(f"{where}: 'models' (the models an entry applies to) is for defenses and attacks only")
+            continue
         params_given = {k: v for k, v in table.items() if k not in ENTRY_KEYS and not (kind == "attack" and k == "eps")}
         params, param_problems = component.resolve_params(params_given)
         uses = _resolve_nested(params, component, registry, param_problems)
@@ -354,7 +372,7 @@ def _parse_entries(
             param_problems.append(f"'norm' {params['norm']!r} {problem}; the norm is a leaderboard cell")
         problems.extend(f"{where}: {p}" for p in param_problems)
         if not param_problems:
-            entries.append(Entry(label=label, component=component, params=params, eps=eps, uses=uses))
+            entries.append(Entry(label=label, component=component, params=params, eps=eps, uses=uses, models=tuple(models)))
     return entries
 
 
@@ -404,6 +422,12 @@ def _resolve_refs(sections: dict[str, list[Entry]], problems: list[str]) -> dict
     for section, entries in sections.items():
         resolved[section] = []
         for entry in entries:
+            for label in entry.models:
+                if label not in by_kind["model"]:
+                    problems.append(
+                        f"{section} '{entry.label}': 'models' names no model of this suite: {label!r}"
+                        f"{did_you_mean(label, by_kind['model'])} (labels: {', '.join(by_kind['model']) or 'none'})"
+                    )
             refs, params = {}, dict(entry.params)
             for key, default in entry.component.params.items():
                 if not isinstance(default, EntryRef):

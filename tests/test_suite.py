@@ -178,3 +178,24 @@ def test_cli_run_rejects_malformed_suite_without_traceback(cli, write_suite, tmp
     code, _, err = cli("run", write_suite("[[datasets]\n"), "--output", tmp_path / "x.csv")
     assert code == 2 and "invalid TOML" in err and "Traceback" not in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_defense_or_attack_may_name_the_models_it_applies_to(tmp_path):
+    from conftest import TINY_SUITE
+
+    text = TINY_SUITE + '\n[[models]]\nname = "cnn"\nchannels = [4]\nhidden = 8\nepochs = 1\n'
+    text += '\n[[defenses]]\nname = "none"\n\n[[defenses]]\nname = "pgd-at"\nmodels = ["cnn"]\nmax_iter = 2\n'
+    suite = parse(text, tmp_path)
+    pairs = {(c.model.label, c.defense.label) for c in suite.cells()}
+    assert pairs == {("mlp", "none"), ("cnn", "none"), ("cnn", "pgd-at")}
+    unrestricted = parse(text.replace('models = ["cnn"]\n', ""), tmp_path)
+    assert {c.cell_id for c in suite.cells()} < {c.cell_id for c in unrestricted.cells()}  # fewer cells, none changed
+    assert "defenses 'pgd-at': 'models' names no model of this suite: 'cnnn' (did you mean 'cnn'?) (labels: mlp, cnn)" in (
+        problems_of(text.replace('models = ["cnn"]', 'models = ["cnnn"]'), tmp_path)
+    )
+    assert "defenses[1] (pgd-at): 'models' must be a non-empty list of model labels, got 'cnn'" in (
+        problems_of(text.replace('models = ["cnn"]', 'models = "cnn"'), tmp_path)
+    )
+    assert "models[0] (mlp): 'models' (the models an entry applies to) is for defenses and attacks only" in (
+        problems_of(text.replace("hidden = [32]", 'hidden = [32]\nmodels = ["x"]'), tmp_path)
+    )
