@@ -372,11 +372,13 @@ class Workspace:
         )  # fmt: skip
 
 
-def zero_gradient_fraction(model: Model, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int) -> float:
+def zero_gradient_fraction(
+    model: Model, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int
+) -> float:
     """The fraction of samples whose input gradient of the cross-entropy of the model's logits is
     zero everywhere or not finite somewhere: there a gradient attack on that loss cannot move (the
-    check of ART's ``loss_gradient_check`` and AutoAttack's ``check_zero_gradients``). NaN for a
-    model without logits."""
+    check of ART's ``loss_gradient_check`` and AutoAttack's ``check_zero_gradients``). 1 for logits
+    with no gradient at all (a non-differentiable head); NaN for a model without logits."""
     if not model.has(LOGITS) or not len(x):
         return float("nan")
     stuck = 0
@@ -384,6 +386,8 @@ def zero_gradient_fraction(model: Model, x: torch.Tensor, y: torch.Tensor, devic
         for chunk, labels in zip(x.split(batch_size), y.split(batch_size)):
             chunk = chunk.to(device).requires_grad_(True)
             loss = torch.nn.functional.cross_entropy(model.logits(chunk), labels.to(device), reduction="sum")
+            if not loss.requires_grad:  # logits that do not depend differentiably on the input
+                return 1.0
             (gradient,) = torch.autograd.grad(loss, chunk)
             flat = gradient.flatten(1)
             stuck += int(((flat == 0).all(dim=1) | ~torch.isfinite(flat).all(dim=1)).sum())

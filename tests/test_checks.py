@@ -54,6 +54,19 @@ def test_a_saturated_model_has_zero_gradients_and_a_calibrated_one_does_not(setu
     assert all(p.requires_grad for p in scaled.parameters())
 
 
+class Rounded(MLP):
+    """Logits through a step function: no gradient reaches the input at all."""
+
+    def logits(self, x):
+        return super().logits(x.round().detach())
+
+
+def test_logits_without_any_input_gradient_count_as_zero_gradients_everywhere(setup):
+    model, x, y = setup
+    rounded = Rounded(model.input_shape, 10, hidden=[32], epochs=1, batch_size=64, lr=1e-3).eval()
+    assert zero_gradient_fraction(rounded, x, y, CPU, 32) == 1.0
+
+
 def test_a_model_whose_output_varies_is_seen(setup):
     model, x, _ = setup
     noisy = Noisy(model.input_shape, 10, hidden=[32], epochs=1, batch_size=64, lr=1e-3).eval()
