@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {
     "harness/statistics.py": ["tests/test_statistics.py"],
+    "harness/review.py": ["tests/test_review.py"],
+    "src/harness_advtrain/defenses.py": ["tests/test_advtrain.py"],
     "src/harness_art/attacks.py": ["tests/test_attacks.py"],
     "src/harness_dbp/attacks.py": ["tests/test_dbp.py", "tests/test_formulas.py"],
     "src/harness_dbp/gmm.py": ["tests/test_dbp.py"],
