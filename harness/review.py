@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 FLAGS = {
     "rises-with-eps": "robust accuracy is higher than at a smaller eps of the same attack (a weak or failing attack)",
-    "single-step-stronger": "a single-step attack beats this iterative attack of the same norm and budget",
+    "single-step-stronger": "a single-step attack beats this iterative attack of the same plugin, norm and budget",
     "above-chance": "an unbounded or very large budget (eps = inf, or Linf >= 0.5) leaves robust accuracy above twice chance",
     "robust-above-clean": "robust accuracy above clean accuracy, which is impossible",
     "over-budget": "the perturbation exceeds the budget (or the runner rejected the attack for it)",
@@ -136,7 +136,8 @@ def flags(frame: pd.DataFrame, num_classes: int = 10) -> pd.Series:
 
     gradient_rows = ok[~ok["attack_access"].isin(["black-box", "transfer"])]  # steps of their own gradients
     steps = gradient_rows["attack_params"].map(iterations)
-    for _, setting in gradient_rows.assign(steps=steps).groupby(ENTRY, sort=False):
+    # within one plugin, whose max_iter means one thing (an AutoAttack has none and is no single step)
+    for _, setting in gradient_rows.assign(steps=steps).groupby([*ENTRY, "attack_plugin"], sort=False, dropna=False):
         single, iterative = setting[setting["steps"] <= 1], setting[setting["steps"] > 1]
         if len(single) and len(iterative):
             beaten = iterative["robust_accuracy"] > single["robust_accuracy"].min() + TOLERANCE

@@ -45,8 +45,12 @@ def test_robust_accuracy_rising_with_eps_is_flagged():
 
 
 def test_a_single_step_attack_beating_an_iterative_one_is_flagged():
-    got = raised([row("fgsm", 0.1, 0.4), row("pgd", 0.1, 0.5)])
+    got = raised([row("fgsm", 0.1, 0.4, attack_plugin="art"), row("pgd", 0.1, 0.5, attack_plugin="art")])
     assert got[("pgd", 0.1)] == "single-step-stronger" and got[("fgsm", 0.1)] == ""
+    # another plugin's attack without max_iter (AutoAttack) is not a single step
+    autoattack = dict(attack_plugin="autoattack", attack_params=json.dumps({"norm": "linf", "version": "standard"}))
+    got = raised([row("autoattack", 0.1, 0.4, **autoattack), row("pgd", 0.1, 0.5, attack_plugin="art")])
+    assert set(got.values()) == {""}
 
 
 def test_accuracy_above_chance_at_an_unbounded_or_huge_budget_is_flagged():
