@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.leaderboard import TOLERANCE, over_budget
 from harness.statistics import wilson_interval
@@ -111,6 +111,25 @@ def _source(attack_params: str) -> tuple[str, str] | None:
         return None
 
 
+def _large(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose budget is unbounded or very large (eps = inf, or Linf >= :data:`LARGE_LINF`)."""
+    return rows["eps"].map(math.isinf) | ((rows["norm"] == "linf") & (rows["eps"] >= LARGE_LINF))
+
+
+def _effort_pairs(setting: pd.DataFrame) -> list[tuple[Any, Any]]:
+    """(index, longer index) for each pair of rows of one setting where the second is the same attack
+    (plugin and parameters) run with more effort (:func:`more_effort`)."""
+    efforts = {index: _effort(params) for index, params in setting["attack_params"].items()}
+    return [
+        (index, longer)
+        for index, effort in efforts.items()
+        for longer, longer_effort in efforts.items()
+        if effort is not None and longer_effort is not None and effort[0] == longer_effort[0]
+        and setting.at[index, "attack_plugin"] == setting.at[longer, "attack_plugin"]
+        and more_effort(longer_effort[1:], effort[1:])
+    ]  # fmt: skip
+
+
 def more_effort(more: tuple[int, int], less: tuple[int, int]) -> bool:
     """Whether (iterations, restarts) ``more`` is the same attack run longer: at least twice the
     iterations, or as many and more restarts."""
@@ -143,7 +162,7 @@ def flags(frame: pd.DataFrame, num_classes: int = 10) -> pd.Series:
             beaten = iterative["robust_accuracy"] > single["robust_accuracy"].min() + TOLERANCE
             mark(iterative.index[beaten.to_numpy()], "single-step-stronger")
 
-    large = ok["eps"].map(math.isinf) | ((ok["norm"] == "linf") & (ok["eps"] >= LARGE_LINF))
+    large = _large(ok)
     mark(ok.index[(large & (ok["robust_accuracy"] > 2 / num_classes)).to_numpy()], "above-chance")
     mark(ok.index[(ok["robust_accuracy"] > ok["clean_accuracy"] + TOLERANCE).to_numpy()], "robust-above-clean")
 
@@ -162,16 +181,10 @@ def flags(frame: pd.DataFrame, num_classes: int = 10) -> pd.Series:
         gradient, other = _by_access(setting)
         if len(gradient) and len(other) and gradient["robust_accuracy"].min() > other["robust_accuracy"].min() + WHITE_BOX_MARGIN:
             mark(gradient.index, "weaker-white-box")
-        efforts = {index: _effort(params) for index, params in setting["attack_params"].items()}
-        for index, effort in efforts.items():
-            for other_index, other_effort in efforts.items():
-                if (
-                    effort is not None and other_effort is not None and effort[0] == other_effort[0]
-                    and setting.at[index, "attack_plugin"] == setting.at[other_index, "attack_plugin"]
-                    and more_effort(other_effort[1:], effort[1:])
-                    and setting.at[index, "robust_accuracy"] > setting.at[other_index, "robust_accuracy"] + CONVERGENCE_MARGIN
-                ):
-                    mark(pd.Index([index]), "not-converged")
+        robust = setting["robust_accuracy"]
+        for index, longer in _effort_pairs(setting):
+            if robust[index] > robust[longer] + CONVERGENCE_MARGIN:
+                mark(pd.Index([index]), "not-converged")
     return pd.Series({index: "; ".join(sorted(names)) for index, names in raised.items()}, dtype="string")
 
 
@@ -198,10 +211,6 @@ def verdicts(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _large(rows: pd.DataFrame) -> pd.Series:
-    return rows["eps"].map(math.isinf) | ((rows["norm"] == "linf") & (rows["eps"] >= LARGE_LINF))
-
-
 def _unchecked(rows: pd.DataFrame) -> dict[str, str]:
     """The checks that ``rows`` (one trained entry's ok rows) give no material for, and why."""
     missing = {}
@@ -216,8 +225,7 @@ def _unchecked(rows: pd.DataFrame) -> dict[str, str]:
         missing["zero-gradient"] = "the rows predate the check or the model has no logits"
     if rows["randomness"].isna().all():
         missing["randomized-without-eot"] = "the rows predate the check (rerun them)"
-    efforts = [e for e in rows["attack_params"].map(_effort) if e is not None]
-    if not any(a[0] == b[0] and more_effort(b[1:], a[1:]) for a in efforts for b in efforts):
+    if not any(_effort_pairs(setting) for _, setting in rows.groupby(ENTRY, sort=False)):
         missing["not-converged"] = "add the same attack with twice max_iter or more num_random_init"
     return missing
 
@@ -243,13 +251,12 @@ def _worst(name: str, rows: pd.DataFrame) -> str:
                 f"{strongest['attack']}, leaves {strongest['robust_accuracy']:.1%} ({strongest['norm']} "
                 f"{strongest['eps']:g}, seed {strongest['seed']})")
     if name == "not-converged":
-        drops = []
-        for _, setting in rows.groupby(ENTRY, sort=False):
-            efforts = {index: _effort(params) for index, params in setting["attack_params"].items()}
-            for index in setting.index.intersection(flagged.index):
-                for other, effort in efforts.items():
-                    if efforts[index] and effort and effort[0] == efforts[index][0] and more_effort(effort[1:], efforts[index][1:]):
-                        drops.append((setting.at[index, "robust_accuracy"] - setting.at[other, "robust_accuracy"], index))
+        drops = [
+            (rows.at[index, "robust_accuracy"] - rows.at[longer, "robust_accuracy"], index)
+            for _, setting in rows.groupby(ENTRY, sort=False)
+            for index, longer in _effort_pairs(setting)
+            if index in flagged.index
+        ]
         drop, index = max(drops)
         row = rows.loc[index]
         return f"{row['attack']} at {row['norm']} {row['eps']:g}: {drop:.1%} lower with more effort"

@@ -221,3 +221,13 @@ def test_the_verdict_names_failed_checks_with_numbers_passed_ones_and_what_was_n
     assert "  not checked not-converged: add the same attack with twice max_iter or more num_random_init" in lines
     cnn = lines.index("verdict digits/cnn/none: 0 of 7 checks failed")
     assert lines[cnn + 1].startswith("  passed: ")
+
+
+def test_the_verdict_gives_the_largest_drop_of_an_attack_that_has_not_converged():
+    from harness.review import verdicts
+
+    longer = dict(attack_params=json.dumps({"norm": "linf", "max_iter": 20}), cell_id="longer", attack_plugin="art")
+    frame = to_frame([row("pgd", 0.1, 0.5, attack_plugin="art"), row("pgd-20", 0.1, 0.45, **longer)])
+    lines = verdicts(frame.assign(flags=flags(frame)))
+    assert lines[1].startswith("  failed not-converged: pgd at linf 0.1: 5.0% lower with more effort -> raise max_iter")
+    assert not any(line.startswith("  not checked not-converged") for line in lines)
