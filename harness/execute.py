@@ -247,10 +247,17 @@ class Workspace:
                 self.warn(f"dataset '{cell.dataset.label}': {note}")
         draws = cell.draws if model.stochastic else 1
         clean = self.predictions(model, x, draws, cell.model_key)
+        return TrainedModel(model, train_seconds, x, y, draws, clean, note)
+
+    def diagnosed(self, trained: TrainedModel) -> TrainedModel:
+        """``trained`` with what the adaptive-evaluation checks read of the model itself (its zero
+        gradients, whether its output varies), measured once for the model a group evaluates (not
+        for teachers and surrogates), without touching the random streams."""
+        x = trained.x
         with preserved_rng():
-            zero = zero_gradient_fraction(model, x, y, self.device, self.batch_size)
-            varies = output_varies(model, x[: self.batch_size].to(self.device))
-        return TrainedModel(model, train_seconds, x, y, draws, clean, note, zero, varies)
+            zero = zero_gradient_fraction(trained.model, x, trained.y, self.device, self.batch_size)
+            varies = output_varies(trained.model, x[: self.batch_size].to(self.device))
+        return dataclasses.replace(trained, zero_gradient_fraction=zero, output_varies=varies)
 
     def _load_backbone(self, cell: Cell, model: Model, head: set[str]) -> float | None:
         entry = self.cache.load("models", cell.training_key, cell.training_config)
@@ -486,7 +493,7 @@ def compute_group(cells: Sequence[Cell], workspace: Workspace, on_start: Callabl
     first = cells[0]
     on_start(first)
     try:
-        trained = workspace.trained(first)
+        trained = workspace.diagnosed(workspace.trained(first))
     except Skip as skip:
         yield from (CellResult(cell, "skipped", skip.reason) for cell in cells)
         return
