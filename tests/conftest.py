@@ -53,6 +53,22 @@ eps = [0.1, 0.3]
 """
 
 
+def trained_digits_mlp(hidden: list[int], epochs: int = 10, test_size: int = 200):
+    """A small MLP trained (seed 0) on sklearn's 8x8 digits, in evaluation mode, and the dataset:
+    the model the attack and check tests run on."""
+    from harness_classifiers.models import MLP
+    from harness_datasets.loaders import load_digits
+
+    from harness.testing import make_context
+    from harness.training import seed_everything
+
+    data = load_digits(Path("."), size=8, test_size=test_size)
+    seed_everything(0)
+    model = MLP(data.input_shape, 10, hidden=hidden, epochs=epochs, batch_size=64, lr=1e-3)
+    model.fit(data, make_context())
+    return model.eval(), data
+
+
 @pytest.fixture
 def write_suite(tmp_path):
     def write(text: str = TINY_SUITE, name: str = "suite.toml") -> Path:

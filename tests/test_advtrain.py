@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import trained_digits_mlp
 from harness_advtrain.defenses import (
     TRADES,
     FastAdversarialTraining,
@@ -19,11 +20,8 @@ from harness_advtrain.defenses import (
     trades_divergence,
     uniform_start,
 )
-from harness_classifiers.models import MLP
 from harness_datasets.loaders import load_digits
 
-from harness.testing import make_context
-from harness.training import seed_everything
 
 
 def test_the_trades_term_is_kl_of_the_clean_distribution_to_the_adversarial_one():
@@ -59,11 +57,8 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def plain_mlp(digits):
-    seed_everything(0)
-    model = MLP(digits.input_shape, 10, hidden=[64], epochs=20, batch_size=64, lr=1e-3)
-    model.fit(digits, make_context())
-    return model
+def plain_mlp():
+    return trained_digits_mlp([64], epochs=20, test_size=300)[0]
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])

@@ -4,19 +4,15 @@ model within its threat model, the known traps, and cross-checks with torchattac
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import trained_digits_mlp
 from harness_art.catalogue import CatalogueAttack
 from harness_art.specs import CATALOGUE
-from harness_classifiers.models import MLP
-from harness_datasets.loaders import load_digits
 
 from harness.contracts import perturbation_norms
-from harness.testing import make_context
-from harness.training import seed_everything
 
 
 @pytest.mark.parametrize("name", sorted(CATALOGUE))
@@ -37,11 +33,7 @@ def test_parameters_and_defaults_are_arts_own(name):
 
 @pytest.fixture(scope="module")
 def setup():
-    data = load_digits(Path("."), size=8, test_size=200)
-    seed_everything(0)
-    model = MLP(data.input_shape, 10, hidden=[32], epochs=10, batch_size=64, lr=1e-3)
-    model.fit(data, make_context())
-    model.eval()
+    model, data = trained_digits_mlp([32])
     correct = model.predict(data.x_test) == data.y_test
     return model, data.x_test[correct][:6], data.y_test[correct][:6]
 
@@ -112,11 +104,8 @@ def test_arguments_reach_art_renamed_and_untargeted():
 @pytest.fixture(scope="module")
 def wider():
     """A 64-unit MLP and 100 test digits, for the cross-checks with torchattacks."""
-    data = load_digits(Path("."), size=8, test_size=200)
-    seed_everything(0)
-    model = MLP(data.input_shape, 10, hidden=[64], epochs=10, batch_size=64, lr=1e-3)
-    model.fit(data, make_context())
-    return model.eval(), data.x_test[:100], data.y_test[:100]
+    model, data = trained_digits_mlp([64])
+    return model, data.x_test[:100], data.y_test[:100]
 
 
 @pytest.mark.parametrize(

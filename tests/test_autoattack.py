@@ -3,28 +3,20 @@ each sample, and agreement with an independent implementation (torchattacks)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
+from conftest import trained_digits_mlp
 from harness_autoattack.attacks import AutoAttack, _Logits
-from harness_classifiers.models import MLP
-from harness_datasets.loaders import load_digits
 
-from harness.testing import make_context
-from harness.training import seed_everything
 
 N = 60
 
 
 @pytest.fixture(scope="module")
 def setup():
-    data = load_digits(Path("."), size=8, test_size=200)
-    seed_everything(0)
-    model = MLP(data.input_shape, 10, hidden=[64], epochs=10, batch_size=64, lr=1e-3)
-    model.fit(data, make_context())
-    return model.eval(), data.x_test[:N], data.y_test[:N]
+    model, data = trained_digits_mlp([64])
+    return model, data.x_test[:N], data.y_test[:N]
 
 
 def run(model, x, y, eps, seed=3, norm="linf", **params):

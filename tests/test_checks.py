@@ -3,18 +3,14 @@ the attack's access, and the verdict `harness show` prints."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
+from conftest import trained_digits_mlp
 from harness_classifiers.models import MLP
-from harness_datasets.loaders import load_digits
 
 from harness.contracts import Attack
 from harness.execute import TrainedModel, output_varies, zero_gradient_fraction
-from harness.testing import make_context
-from harness.training import seed_everything
 from harness.transfer import TransferAttack
 
 CPU = torch.device("cpu")
@@ -22,11 +18,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def setup():
-    data = load_digits(Path("."), size=8, test_size=200)
-    seed_everything(0)
-    model = MLP(data.input_shape, 10, hidden=[32], epochs=10, batch_size=64, lr=1e-3)
-    model.fit(data, make_context())
-    return model.eval(), data.x_test[:100], data.y_test[:100]
+    model, data = trained_digits_mlp([32])
+    return model, data.x_test[:100], data.y_test[:100]
 
 
 class Scaled(MLP):

@@ -9,17 +9,12 @@ runs once as a smoke test and no ratio is checked.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import trained_digits_mlp
 from harness_autoattack.attacks import _Logits
-from harness_classifiers.models import MLP
-from harness_datasets.loaders import load_digits
 
 from harness.plugins import load_plugins
-from harness.testing import make_context
-from harness.training import seed_everything
 
 EPS = 0.08
 SAMPLES = 100
@@ -30,11 +25,8 @@ MEDIANS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def setup(one_thread):
-    data = load_digits(Path("."), size=8, test_size=200)
-    seed_everything(0)
-    model = MLP(data.input_shape, 10, hidden=[64], epochs=10, batch_size=64, lr=1e-3)
-    model.fit(data, make_context())
-    return model.eval(), data.x_test[:SAMPLES].contiguous(), data.y_test[:SAMPLES].contiguous()
+    model, data = trained_digits_mlp([64])
+    return model, data.x_test[:SAMPLES].contiguous(), data.y_test[:SAMPLES].contiguous()
 
 
 def direct(model, x, y):
