@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import HarnessError, UsageError
 from harness.files import describe
 from harness.plugins import load_plugins
-from harness.registry import Component, ComponentTable, Registry, did_you_mean, type_name
-from harness.runner import warn_on_stderr
+from harness.registry import REFERENCES, Component, ComponentTable, Registry, type_name
+from harness.runner import default_cache_dir, warn_on_stderr
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,9 +41,14 @@ def _registry(
 
 
 def _load_suite(args: argparse.Namespace, path: Path) -> tuple[Any, Registry]:
-    from harness.suite import parse_suite, read_suite_file, suite_plugins
+    from harness.suite import read_suite_file
 
-    raw = read_suite_file(path)
+    return _parse_suite(args, read_suite_file(path), path)
+
+
+def _parse_suite(args: argparse.Namespace, raw: dict[str, Any], path: Path) -> tuple[Any, Registry]:
+    from harness.suite import parse_suite, suite_plugins
+
     registry = _registry(args, suite_plugins(raw), [path.resolve().parent])
     return parse_suite(raw, path, registry), registry
 
@@ -97,7 +102,8 @@ def _params(component: Component) -> dict[str, dict[str, Any]]:
     return {
         name: {
             "type": type_name(default),
-            "default": dict(default.default) if isinstance(default, ComponentTable) else default,
+            "default": dict(default.default) if isinstance(default, ComponentTable)
+            else default.default if isinstance(default, REFERENCES) else default,
             "choices": list(component.choices[name]) if name in component.choices else None,
             "range": str(component.ranges[name]) if name in component.ranges else None,
         }
@@ -106,13 +112,33 @@ def _params(component: Component) -> dict[str, dict[str, Any]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.errors import ValidationError
+    from harness.overrides import apply_overrides, effective_suite_path
+    from harness.suite import read_suite_file
+
+    raw = apply_overrides(read_suite_file(args.suite), args.set)
+    try:
+        suite, registry = _parse_suite(args, raw, args.suite)
+    except ValidationError as exc:
+        if not args.set:
+            raise
+        raise ValidationError(f"{exc.source} with --set", exc.problems) from None
+    output = args.suite.with_suffix(".csv") if args.output is None else args.output
+    cache_dir = args.cache_dir or default_cache_dir()
+    if args.set:
+        recorded = "" if args.plan else f" (the suite run is recorded in {effective_suite_path(output)})"
+        print(f"harness: overrides: {', '.join(args.set)}{recorded}", file=sys.stderr)
+    if args.plan:
+        from harness.plan import plan_run, render_plan
+
+        print(render_plan(plan_run(suite, output, cache_dir, force=args.force)))
+        return 0
     from harness.runner import RunOptions, run_suite
 
-    suite, registry = _load_suite(args, args.suite)
-    output = args.suite.with_suffix(".csv") if args.output is None else args.output
-    options = RunOptions(output=output, device=args.device, force=args.force, wait=args.wait)
-    if args.cache_dir:
-        options.cache_dir = args.cache_dir
+    options = RunOptions(
+        output=output, cache_dir=cache_dir, device=args.device, force=args.force, wait=args.wait,
+        effective_suite=raw if args.set else None,
+    )  # fmt: skip
     if args.data_dir:
         options.data_dir = args.data_dir
     if args.progress is not None:
@@ -142,23 +168,10 @@ def _filtered(frame: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
 
 
 def read_with_outcomes(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """A leaderboard and, when a valid one lies beside it, its outcomes (a broken outcomes file is
-    reported and left out: the leaderboard alone still shows and compares)."""
-    from harness.errors import ValidationError
-    from harness.leaderboard import read_leaderboard
-    from harness.outcomes import check_against, outcomes_path, read_outcomes
+    """A leaderboard and its valid outcomes (see :func:`harness.outcomes.read_with_outcomes`)."""
+    from harness import outcomes
 
-    frame = read_leaderboard(path)
-    beside = outcomes_path(path)
-    if not beside.exists():
-        return frame, None
-    try:
-        outcomes = read_outcomes(beside)
-        check_against(outcomes, frame, str(beside))
-    except ValidationError as exc:
-        warn_on_stderr(f"leaving out the outcomes: {exc}")
-        return frame, None
-    return frame, outcomes
+    return outcomes.read_with_outcomes(path, warn_on_stderr)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -254,23 +267,12 @@ def higher_is_better(column: str, frame: pd.DataFrame) -> bool:
 def cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from harness import compare
+    from harness.api import compare, read
 
-    if args.b is not None and args.by:
-        raise UsageError("--by compares the entries of one leaderboard: give one CSV, or two without --by")
-    if args.b is None and not (args.by and args.baseline):
-        raise UsageError("give two leaderboards (A.csv B.csv), or one with --by COLUMN --baseline VALUE")
-    frame_a, outcomes_a = read_with_outcomes(args.a)
-    a = compare.side(frame_a, outcomes_a)
+    table = compare(args.a, args.b, by=args.by, baseline=args.baseline, alpha=args.alpha, warn=warn_on_stderr)
     if args.b is None:
-        values = sorted(map(str, a.rows[args.by].unique()))
-        if args.baseline not in values:
-            raise UsageError(f"no ok rows with {args.by} = '{args.baseline}'{did_you_mean(args.baseline, values)} (found: {', '.join(values)})")
-        table = compare.compare_within(a, args.by, args.baseline, args.alpha)
         title = f"{args.a}: each {args.by} against {args.by} = {args.baseline}"
     else:
-        frame_b, outcomes_b = read_with_outcomes(args.b)
-        table = compare.compare_two(a, compare.side(frame_b, outcomes_b), args.alpha)
         title = f"B = {args.b} against A = {args.a}"
     beyond = pd.Series(False, index=table.index)
     if args.tolerance is not None and len(table):
@@ -279,7 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         table["within_tolerance"] = ~beyond
     if table.empty:
         if args.b is not None and not (args.json or args.csv):
-            _print_one_sided(frame_a, frame_b)
+            _print_one_sided(read(args.a), read(args.b))
         print(f"harness: error: {title}: no common ok entries, so nothing was compared", file=sys.stderr)
         return 1
     if args.json:
@@ -289,7 +291,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         _print_comparison(table, title, args)
         if args.b is not None:
-            _print_one_sided(frame_a, frame_b)
+            _print_one_sided(read(args.a), read(args.b))
     return 1 if beyond.any() else 0
 
 
@@ -451,6 +453,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", action="store_true", help="wait for another run writing the same output, instead of failing")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: when stderr is a terminal)")  # fmt: skip
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override the suite: a top-level key (n_samples=50) or SECTION.LABEL.PARAM (models.mlp.epochs=2, "
+        "attacks.pgd.eps=[0.1]); VALUE is TOML, or a bare word taken as a string (repeatable)",
+    )  # fmt: skip
+    run.add_argument(
+        "--plan", action="store_true",
+        help="compute nothing: print the cells already done and the models and attack runs to compute or load",
+    )  # fmt: skip
     run.set_defaults(handler=cmd_run)
 
     show = commands.add_parser("show", help="a ranked table of a leaderboard, averaged over seeds")

@@ -206,6 +206,9 @@ class Model(nn.Module, ABC):
     """True if ``predict`` draws random numbers (a VAE samples its latent): the runner averages
     accuracies over the suite's ``draws`` and the contract kit checks reproducibility under a seed
     instead of determinism."""
+    pretrained: ClassVar[bool] = False
+    """True for a model loaded ready-trained (a checkpoint): its ``fit`` does nothing, and a suite
+    that gives it a defense that trains (:attr:`Defense.trains`) is refused before anything runs."""
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
@@ -299,6 +302,9 @@ class Defense(ABC):
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
+    trains: ClassVar[bool] = True
+    """False for a defense that leaves the weights to the model's own ``fit`` (``none``) or acts
+    only at evaluation (a wrapper around the trained model): the ones a checkpoint accepts."""
 
     def prepare(self, model: Model) -> Model:
         """The untrained model this defense trains and returns. A defense that adds or wraps
@@ -313,6 +319,8 @@ class Defense(ABC):
 
 class StandardTraining(Defense):
     """No defense: the model's own standard training (the ``none`` defense)."""
+
+    trains = False
 
     def train(self, model: Model, data: Dataset, ctx: TrainContext) -> Model:
         model.fit(data, ctx)

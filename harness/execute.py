@@ -43,6 +43,7 @@ from harness.contracts import (
 )
 from harness.errors import UsageError, one_line
 from harness.leaderboard import BUDGET_TOLERANCE
+from harness.preflight import retraining_problem
 from harness.registry import Registry
 from harness.statistics import wilson_interval
 from harness.suite import DEFAULT_DEFENSES, Cell, Entry, config_hash
@@ -216,6 +217,8 @@ class Workspace:
         model = cell.model.component.build(cell.model.params, input_shape=data.input_shape, num_classes=data.num_classes)
         model = _built(model, Model, f"model '{cell.model.label}'")
         defense = _built(cell.defense.component.build(cell.defense.params), Defense, f"defense '{cell.defense.label}'")
+        if model.pretrained and defense.trains:
+            raise UsageError(retraining_problem(cell.model.label, cell.defense.label))
         missing = sorted(defense.requires - model.capabilities)
         if missing:
             raise Skip(f"defense '{cell.defense.label}' needs {', '.join(missing)}, which model '{cell.model.label}' lacks")

@@ -22,7 +22,7 @@ Columns:
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,3 +134,21 @@ def disagreeing_cells(frame: pd.DataFrame, leaderboard: pd.DataFrame) -> list[st
         & ((summary["robust"] - ok["robust_accuracy"]).abs() <= 1e-9)
     )
     return [str(cell_id) for cell_id in ok.index[disagree.to_numpy()]]
+
+
+def read_with_outcomes(path: Path, warn: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A leaderboard and, when a valid one lies beside it, its outcomes (a broken outcomes file is
+    reported to ``warn`` and left out: the leaderboard alone still shows and compares)."""
+    from harness.leaderboard import read_leaderboard
+
+    frame = read_leaderboard(path)
+    beside = outcomes_path(path)
+    if not beside.exists():
+        return frame, None
+    try:
+        outcomes = read_outcomes(beside)
+        check_against(outcomes, frame, str(beside))
+    except ValidationError as exc:
+        warn(f"leaving out the outcomes: {exc}")
+        return frame, None
+    return frame, outcomes

@@ -66,12 +66,12 @@ def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = 
 
     ``plugin_args`` are ``-p`` values: ``MODULE`` loads a module as a plugin, ``no:NAME`` blocks
     the plugin NAME; a module that is not installed is also looked up in ``search_path`` (see
-    :func:`_make_importable`). Only a ``-p`` module that does not exist raises (a
+    :func:`make_importable`). Only a ``-p`` module that does not exist raises (a
     :class:`UsageError`: a typo); a broken plugin is listed with its error and left out, and the
     others still work.
     """
     plugin_args = list(plugin_args)
-    _make_importable([a for a in plugin_args if not a.startswith("no:")], search_path)
+    make_importable([a for a in plugin_args if not a.startswith("no:")], search_path)
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     for name in _blocked_names(plugin_args):
@@ -123,8 +123,8 @@ def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = 
     return registry
 
 
-def _make_importable(module_names: Iterable[str], search_path: Iterable[Path]) -> None:
-    """Let each named plugin module that is not installed be imported from the first folder of
+def make_importable(module_names: Iterable[str], search_path: Iterable[Path]) -> None:
+    """Let each named module (a plugin, a checkpoint's factory) that is not installed be imported from the first folder of
     ``search_path`` that holds it, by appending that folder to ``sys.path``.
 
     Appending, as pytest's ``--import-mode=append`` does, keeps installed packages first: a

@@ -1,4 +1,5 @@
-"""The check before a run trains anything: every component of the suite can be built.
+"""The check before a run trains anything: every component of the suite can be built, and no
+defense would train a model that comes trained.
 
 A broken plugin (a factory that does not import, a dependency it imports lazily that is missing,
 an attack or defense whose parameters its constructor rejects) is one clear error before any
@@ -28,8 +29,34 @@ def check_buildable(suite: Suite) -> None:
             problem = _check_budgets(entry)
         if problem:
             problems.append(f"{_describe(entry.component)} cannot be built: {problem}")
+    if not problems:
+        problems = _trained_twice(suite)
     if problems:
         raise ValidationError(str(suite.path), problems)
+
+
+def retraining_problem(model_label: str, defense_label: str) -> str:
+    """Why a defense that trains cannot be given a model that comes trained (a checkpoint)."""
+    return (
+        f"defense '{defense_label}' trains its model, but model '{model_label}' is loaded trained: give it defense "
+        f"'none' (or one that acts only at evaluation), or restrict '{defense_label}' with models = [...]"
+    )
+
+
+def _trained_twice(suite: Suite) -> list[str]:
+    """One problem per (pretrained model, training defense) pair of the suite, for models
+    registered as a :class:`~harness.contracts.Model` class whose ``pretrained`` is set (a model
+    built by a function is checked when it is built, by the runner)."""
+    pretrained = [m for m in suite.models if getattr(m.component.load(), "pretrained", False) is True]
+    if not pretrained:
+        return []
+    trains = {d.label: getattr(d.component.build(d.params), "trains", True) for d in suite.defenses}
+    return [
+        retraining_problem(model.label, defense.label)
+        for model in pretrained
+        for defense in suite.defenses
+        if defense.applies_to(model) and trains[defense.label]
+    ]
 
 
 def _check(component: Component, params: dict) -> str | None:

@@ -126,6 +126,32 @@ class EntryRef:
 
 
 @dataclass(frozen=True)
+class FilePath:
+    """The default of a parameter naming a file, e.g. a checkpoint: ``FilePath()``. A suite gives
+    it relative to the suite's folder; the suite checks that the file exists, and the entry's
+    identity holds a sha256 of the file's bytes instead of its path, so that the same file moved
+    keeps its results and a file rewritten under the same name recomputes them. An empty path
+    means "not given"."""
+
+    default: str = ""
+
+
+@dataclass(frozen=True)
+class CodeRef:
+    """The default of a parameter naming a callable as ``"package.module:attribute"``, e.g. the
+    function that builds a network: ``CodeRef()``. The module is found on the installed packages,
+    the working directory or the suite's folder, and the entry's identity holds a fingerprint of
+    its source (:mod:`harness.fingerprint`), so that editing the code recomputes what it built.
+    An empty string means "not given"."""
+
+    default: str = ""
+
+
+REFERENCES = (EntryRef, FilePath, CodeRef)
+"""Defaults that the suite resolves: a label of the suite, a file, a callable."""
+
+
+@dataclass(frozen=True)
 class Component:
     """A dataset, model, defense, attack or metric that a plugin registered.
 
@@ -270,7 +296,7 @@ def _check_type(value: Any, default: Any) -> Any:
     """``value`` converted to the type of ``default``, or ``_BAD``."""
     if isinstance(default, ComponentTable):
         return dict(value) if isinstance(value, dict) else _BAD
-    if isinstance(default, EntryRef):
+    if isinstance(default, REFERENCES):
         return value if isinstance(value, str) else _BAD
     if default is None:
         return value if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)) else _BAD
@@ -295,6 +321,10 @@ def type_name(default: Any) -> str:
         return f"table naming a registered {default.kind}"
     if isinstance(default, EntryRef):
         return f"string naming a {default.kind} of the suite"
+    if isinstance(default, FilePath):
+        return "path of a file (relative to the suite's folder)"
+    if isinstance(default, CodeRef):
+        return "string 'package.module:attribute'"
     if default is None:
         return "number"
     if isinstance(default, (list, tuple)):

@@ -25,6 +25,7 @@ from harness.errors import BusyError, OutputError, ValidationError
 from harness.files import check_writable, describe
 from harness.leaderboard import SCHEMA_VERSION, read_leaderboard, to_frame, write_leaderboard
 from harness.outcomes import disagreeing_cells, empty_outcomes, outcomes_path, read_outcomes, write_outcomes
+from harness.overrides import effective_suite_path, record_effective_suite
 from harness.registry import Registry
 from harness.review import flags
 from harness.suite import Cell, Suite, budget_warnings
@@ -57,6 +58,9 @@ class RunOptions:
     """Wait for another run that holds the output's lock, instead of failing at once."""
     progress: bool | None = None
     """Show progress bars; None shows them when stderr is a terminal."""
+    effective_suite: dict[str, Any] | None = None
+    """The suite table after command-line overrides (``--set``), recorded beside the output with
+    the rows it makes; None (no overrides) removes a record an earlier run left."""
 
 
 @dataclass
@@ -163,60 +167,88 @@ def run_suite(
         return _run_locked(suite, registry, options, warn)
 
 
+@dataclass
+class Previous:
+    """What a leaderboard already holds of a suite's cells."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The complete rows of the suite's cells, by cell id, under the suite's labels."""
+    samples: dict[str, pd.DataFrame] = field(default_factory=dict)
+    """Their per-sample outcomes, by cell id."""
+    stale: int = 0
+    """Rows that are not cells of the suite."""
+    relabelled: int = 0
+    """Kept rows whose labels the suite renamed."""
+
+
+def read_previous(cells: list[Cell], output: Path, warn: Callable[[str], None]) -> Previous:
+    """The complete rows of ``output`` (if it exists) among ``cells``, each reproduced by its
+    outcomes: a row they do not back is left out (to be recomputed), with a warning."""
+    previous = Previous()
+    if not output.exists():
+        return previous
+    by_id = {cell.cell_id: cell for cell in cells}
+    outcomes_file = outcomes_path(output)
+    try:
+        existing = read_leaderboard(output)
+        outcomes = read_outcomes(outcomes_file) if outcomes_file.exists() else empty_outcomes()
+    except ValidationError as exc:
+        raise ValidationError(exc.source, [*exc.problems, "fix the file or run with --force to overwrite it"]) from None
+    rows = previous.rows
+    for record in existing.to_dict("records"):
+        cell = by_id.get(record["cell_id"])
+        if cell is None:
+            previous.stale += 1
+        elif record["status"] in COMPLETE:
+            identity = base_row(cell)
+            labels = {column: identity[column] for column in LABEL_COLUMNS}
+            previous.relabelled += any(record[column] != value for column, value in labels.items())
+            rows[cell.cell_id] = {**record, **labels}  # the suite names its cells; a renamed label follows
+    unbacked = [cell_id for cell_id in disagreeing_cells(outcomes, existing) if cell_id in rows]
+    if unbacked:
+        warn(
+            f"recomputing {len(unbacked)} cells of {output} whose row its outcomes do not reproduce "
+            f"(an edited file?): {', '.join(by_id[cell_id].describe() for cell_id in unbacked[:5])}"
+            + (" ..." if len(unbacked) > 5 else "")
+        )
+        for cell_id in unbacked:
+            del rows[cell_id]
+    previous.samples = {cell_id: group for cell_id, group in outcomes.groupby("cell_id") if cell_id in rows}
+    return previous
+
+
 def _run_locked(suite: Suite, registry: Registry, options: RunOptions, warn: Callable[[str], None]) -> RunSummary:
     started = time.perf_counter()
     cells = suite.cells()
-    by_id = {cell.cell_id: cell for cell in cells}
-    rows: dict[str, dict[str, Any]] = {}
-    samples: dict[str, pd.DataFrame] = {}
     outcomes_file = outcomes_path(options.output)
-    stale = relabelled = 0
-    if options.output.exists() and not options.force:
-        try:
-            existing = read_leaderboard(options.output)
-            previous = read_outcomes(outcomes_file) if outcomes_file.exists() else None
-        except ValidationError as exc:
-            raise ValidationError(exc.source, [*exc.problems, "fix the file or run with --force to overwrite it"]) from None
-        for record in existing.to_dict("records"):
-            cell = by_id.get(record["cell_id"])
-            if cell is None:
-                stale += 1
-            elif record["status"] in COMPLETE:
-                identity = base_row(cell)
-                labels = {column: identity[column] for column in LABEL_COLUMNS}
-                relabelled += any(record[column] != value for column, value in labels.items())
-                rows[cell.cell_id] = {**record, **labels}  # the suite names its cells; a renamed label follows
-        if previous is None:
-            previous = empty_outcomes()
-        unbacked = [cell_id for cell_id in disagreeing_cells(previous, existing) if cell_id in rows]
-        if unbacked:
-            warn(
-                f"recomputing {len(unbacked)} cells of {options.output} whose row its outcomes do not reproduce "
-                f"(an edited file?): {', '.join(by_id[cell_id].describe() for cell_id in unbacked[:5])}"
-                + (" ..." if len(unbacked) > 5 else "")
-            )
-            for cell_id in unbacked:
-                del rows[cell_id]
-        samples = {cell_id: group for cell_id, group in previous.groupby("cell_id") if cell_id in rows}
-    pending = _pending(suite, cells, rows)
+    previous = Previous() if options.force else read_previous(cells, options.output, warn)
+    rows, samples, stale, relabelled = previous.rows, previous.samples, previous.stale, previous.relabelled
+    pending = pending_cells(suite, cells, rows)
     reused = len(cells) - len(pending)
 
+    def write(path: Path, writer: Callable[[], None]) -> None:
+        """A file that cannot be written stops the run with one line; the files keep what they held."""
+        try:
+            writer()
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {path}: {describe(exc)}; it keeps the cells finished before, and the cache "
+                "keeps this run's models and attack runs: run the same command again once it can be written"
+            ) from None
+
+    def record() -> None:
+        suite_file = effective_suite_path(options.output)
+        write(suite_file, lambda: record_effective_suite(options.output, options.effective_suite))
+
     def persist() -> None:
-        """The outcomes first, then the leaderboard: every row written has its outcomes. A file
-        that cannot be written stops the run with one line; the files keep what they held."""
+        """The suite's record first, then the outcomes, then the leaderboard: every row written has
+        the suite that made it on record and its outcomes."""
+        record()
         done = [c.cell_id for c in cells if c.cell_id in rows]
         frame = to_frame(rows[cell_id] for cell_id in done)
-        for path, write in (
-            (outcomes_file, lambda: write_outcomes([samples[c] for c in done if c in samples], outcomes_file)),
-            (options.output, lambda: write_leaderboard(frame.assign(flags=flags(frame)).to_dict("records"), options.output)),
-        ):
-            try:
-                write()
-            except OSError as exc:
-                raise OutputError(
-                    f"cannot write {path}: {describe(exc)}; it keeps the cells finished before, and the cache "
-                    "keeps this run's models and attack runs: run the same command again once it can be written"
-                ) from None
+        records = frame.assign(flags=flags(frame)).to_dict("records")
+        write(outcomes_file, lambda: write_outcomes([samples[c] for c in done if c in samples], outcomes_file))
+        write(options.output, lambda: write_leaderboard(records, options.output))
 
     if stale:
         warn(f"dropping {stale} rows of {options.output} that are not cells of suite '{suite.name}'")
@@ -224,6 +256,8 @@ def _run_locked(suite: Suite, registry: Registry, options: RunOptions, warn: Cal
         _compute(suite, registry, options, pending, rows, samples, persist, warn)
     elif stale or relabelled or options.force:
         persist()
+    else:
+        record()  # the rows stand as they are, but overrides that leave them unchanged may have come or gone
     final = [rows[c.cell_id] for c in cells if c.cell_id in rows]
     registry.notify("suite_finished", warn, suite=suite, rows=final)
     return RunSummary(
@@ -275,7 +309,7 @@ def _holder(path: Path) -> str:
         return "holder unknown"
 
 
-def _pending(suite: Suite, cells: list[Cell], rows: dict[str, dict[str, Any]]) -> list[Cell]:
+def pending_cells(suite: Suite, cells: list[Cell], rows: dict[str, dict[str, Any]]) -> list[Cell]:
     """The cells to compute: those without a complete row. With metrics, a sweep (one model under
     one attack entry, every eps) is computed whole, since a sweep metric needs all of it; the
     attack runs of its finished cells come from the cache."""

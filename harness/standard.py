@@ -1,5 +1,5 @@
-"""The core's own plugin: the ``none`` defense that every model supports, and transfer attacks
-from a surrogate model of the same suite.
+"""The core's own plugin: models trained outside the harness (``checkpoint``), the ``none``
+defense that every model supports, and transfer attacks from a surrogate model of the same suite.
 
 Registered through the ``harness`` entry-point group like any other plugin.
 """
@@ -7,7 +7,32 @@ Registered through the ``harness`` entry-point group like any other plugin.
 from __future__ import annotations
 
 from harness.hookspecs import hookimpl
-from harness.registry import ComponentTable, EntryRef, RegisterFunction
+from harness.registry import NON_NEGATIVE, POSITIVE, CodeRef, ComponentTable, EntryRef, FilePath, RegisterFunction
+
+
+@hookimpl
+def register_models(register: RegisterFunction) -> None:
+    register(
+        "checkpoint",
+        "harness.checkpoint:Checkpoint",
+        params={
+            "path": FilePath(),
+            "factory": CodeRef(),
+            "kwargs": {},
+            "weights": FilePath(),
+            "input_range": [0.0, 1.0],
+            "mean": [0.0],
+            "std": [1.0],
+            "image_shape": [],
+            "classes": 0,
+        },
+        ranges={"std": POSITIVE, "image_shape": NON_NEGATIVE, "classes": NON_NEGATIVE},
+        description="a network trained elsewhere, evaluated as it is: a TorchScript file or a torch.export .pt2 program ('path'), or "
+        "'factory' ('package.module:build', called with 'kwargs') with an optional state dict ('weights', "
+        "loaded with weights_only=True); attacks work on images in [0, 1], which the model converts to the "
+        "network's 'input_range' and normalises with 'mean' and 'std' (per channel); 'image_shape' (C, H, W) "
+        "and 'classes', when given, are checked against the dataset; paths are relative to the suite",
+    )
 
 
 @hookimpl

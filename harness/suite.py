@@ -17,7 +17,7 @@ from typing import Any
 
 from harness.errors import UsageError, ValidationError
 from harness.leaderboard import text_problem
-from harness.registry import Component, ComponentTable, EntryRef, Registry, did_you_mean
+from harness.registry import CodeRef, Component, ComponentTable, EntryRef, FilePath, Registry, did_you_mean
 
 SECTIONS = {"datasets": "dataset", "models": "model", "defenses": "defense", "attacks": "attack", "metrics": "metric"}
 TOP_LEVEL_KEYS = {"name", "description", "seeds", "n_samples", "batch_size", "draws", "plugins", *SECTIONS}
@@ -57,6 +57,9 @@ class Entry:
     models: tuple[str, ...] = ()
     """The model labels a defense or attack entry applies to (empty: every model of the suite), so
     that a suite need not cross a recipe with networks it does not fit."""
+    digests: Mapping[str, str] = field(default_factory=dict)
+    """What stands for a file or code parameter in the identity: the file's sha256, the code's
+    source fingerprint (see :class:`FilePath`, :class:`CodeRef`)."""
 
     def applies_to(self, model: Entry) -> bool:
         return not self.models or model.label in self.models
@@ -77,6 +80,7 @@ class Entry:
         return {k: self.params[k] for k in self.component.evaluation_params if k in self.params}
 
     def _identity(self, params: dict[str, Any]) -> dict[str, Any]:
+        params = {key: self.digests.get(key, value) for key, value in params.items()}
         identity = {**component_identity(self.component), "params": params}
         if self.uses:
             identity["uses"] = {key: component_identity(c) for key, c in sorted(self.uses.items())}
@@ -255,6 +259,7 @@ def parse_suite(raw: Mapping[str, Any], path: Path, registry: Registry) -> Suite
         sections[section] = _parse_entries(raw.get(section, default), section, kind, registry, problems)
 
     sections = _resolve_refs(sections, problems)
+    sections = _resolve_files(sections, path.resolve().parent, problems)
     if problems:
         raise ValidationError(str(path), problems)
     suite = Suite(
@@ -445,6 +450,68 @@ def _resolve_refs(sections: dict[str, list[Entry]], problems: list[str]) -> dict
                 refs[key] = target
             resolved[section].append(replace(entry, params=params, refs=refs))
     return resolved
+
+
+def _resolve_files(sections: dict[str, list[Entry]], folder: Path, problems: list[str]) -> dict[str, list[Entry]]:
+    """Resolve each entry's :class:`FilePath` parameters against the suite's ``folder`` (to
+    absolute paths of existing files) and find its :class:`CodeRef` callables' source, recording
+    the digest that stands for each in the entry's identity."""
+    resolved: dict[str, list[Entry]] = {}
+    for section, entries in sections.items():
+        resolved[section] = []
+        for entry in entries:
+            params, digests = dict(entry.params), {}
+            for key, default in entry.component.params.items():
+                if not isinstance(default, (FilePath, CodeRef)):
+                    continue
+                value = params[key].default if isinstance(params[key], (FilePath, CodeRef)) else params[key]
+                params[key] = value
+                if not value:
+                    continue
+                where = f"{section} '{entry.label}': parameter '{key}'"
+                try:
+                    if isinstance(default, FilePath):
+                        params[key], digests[key] = _file_digest(value, folder)
+                    else:
+                        digests[key] = _code_digest(value, folder)
+                except (OSError, ValueError) as exc:
+                    problems.append(f"{where}: {exc}")
+            resolved[section].append(replace(entry, params=params, digests=digests))
+    return resolved
+
+
+def _file_digest(given: str, folder: Path) -> tuple[str, str]:
+    """The absolute path of ``given`` (relative to ``folder``) and the sha256 of its bytes."""
+    path = Path(given).expanduser()
+    path = path if path.is_absolute() else folder / path
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}" + ("" if Path(given).is_absolute() else " (paths are relative to the suite's folder)"))
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return str(path), f"sha256:{hasher.hexdigest()}"
+
+
+def _code_digest(reference: str, folder: Path) -> str:
+    """The source fingerprint of ``"package.module:attribute"``, made importable from the
+    working directory or ``folder`` as a suite's plugins are."""
+    import importlib.util
+
+    from harness.fingerprint import source_fingerprint
+    from harness.plugins import make_importable
+
+    module, colon, attribute = reference.partition(":")
+    if not (colon and attribute and all(part.isidentifier() for part in [*module.split("."), *attribute.split(".")])):
+        raise ValueError(f"{reference!r} is not 'package.module:attribute'")
+    make_importable([module], [Path.cwd(), folder])
+    try:
+        found = importlib.util.find_spec(module.partition(".")[0]) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ValueError(f"cannot find module '{module}' (installed, in the working directory or beside the suite)")
+    return f"source:{source_fingerprint(reference)}"
 
 
 def _is_int(value: Any) -> bool:

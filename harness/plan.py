@@ -1,0 +1,95 @@
+"""What a run would do (``harness run SUITE --plan``), found without computing or importing torch.
+
+The cells already done are the runner's (:func:`harness.runner.read_previous`), and the work the
+others need is read off the cache's file names (``<cache>/<kind>/<key>.pt``): an entry that
+exists is counted as loaded, though a damaged one would be recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.runner import pending_cells, read_previous, warn_on_stderr
+from harness.suite import Suite
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """One trained backbone the pending cells need: a (dataset, model, defense, seed)."""
+
+    dataset: str
+    model: str
+    defense: str
+    seed: int
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    suite: str
+    output: Path
+    cells: int
+    done: int
+    pending: int
+    trainings: tuple[TrainingPlan, ...]
+    attack_runs: int
+    """The attack runs the pending cells need, counted per eps (whether an attack is minimal-norm,
+    sharing one run for all its eps, is known only once it is built, which imports torch)."""
+    attack_runs_cached: int
+
+
+def plan_run(
+    suite: Suite, output: Path, cache_dir: Path, force: bool = False, warn: Callable[[str], None] = warn_on_stderr
+) -> Plan:
+    """What ``run_suite`` would compute for ``suite`` into ``output`` with the cache ``cache_dir``."""
+    cells = suite.cells()
+    pending = pending_cells(suite, cells, {} if force else read_previous(cells, output, warn).rows)
+    trainings = {
+        cell.training_key: TrainingPlan(
+            cell.dataset.label,
+            cell.model.label,
+            cell.defense.label,
+            cell.seed,
+            (cache_dir / "models" / f"{cell.training_key}.pt").exists(),
+        )
+        for cell in pending
+    }
+    runs = {
+        cell.run_key(minimal_norm=False): any(
+            (cache_dir / "attacks" / f"{cell.run_key(minimal)}.pt").exists() for minimal in (False, True)
+        )
+        for cell in pending
+    }
+    return Plan(
+        suite=suite.name,
+        output=output,
+        cells=len(cells),
+        done=len(cells) - len(pending),
+        pending=len(pending),
+        trainings=tuple(trainings.values()),
+        attack_runs=len(runs),
+        attack_runs_cached=sum(runs.values()),
+    )
+
+
+def render_plan(plan: Plan) -> str:
+    """The plan as a few lines of text, with a table of the models to train or load."""
+    trained = sum(not t.cached for t in plan.trainings)
+    lines = [
+        f"{plan.suite}: {plan.cells} cells, {plan.done} already done in {plan.output}, {plan.pending} to compute",
+        f"models: {trained} to train, {len(plan.trainings) - trained} from the cache",
+    ]
+    if plan.trainings:
+        table = [("", "dataset", "model", "defense", "seed")] + [
+            ("load" if t.cached else "train", t.dataset, t.model, t.defense, str(t.seed)) for t in plan.trainings
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+    computed = plan.attack_runs - plan.attack_runs_cached
+    lines.append(
+        f"attack runs: {computed} to compute, {plan.attack_runs_cached} from the cache"
+        " (counted per eps: a minimal-norm attack computes one run for all its eps)"
+    )
+    return "\n".join(lines)
