@@ -18,12 +18,13 @@ is done, so that this is said at the start of a run rather than after the first 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,30 @@ class ArtifactCache:
             write_atomically(self.path(kind, key), buffer.getvalue())
         except OSError as exc:
             self._stop_saving(exc)
+
+    @contextlib.contextmanager
+    def exclusive(self, kind: str, key: str) -> Iterator[None]:
+        """Hold the entry's lock (``locks/<kind>-<key>.lock`` in the cache, an empty file, through
+        ``filelock``) while the block computes it, so that two processes sharing the cache (a Ray cluster's workers, two
+        runs) never compute one entry at the same time: the second waits, then finds it saved.
+        Without a writable cache, no lock: each process computes its own."""
+        if not self.writable:
+            yield
+            return
+        from filelock import FileLock
+
+        path = self.directory / "locks" / f"{kind}-{key}.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(path))
+            lock.acquire()
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _stop_saving(self, exc: OSError) -> None:
         self.writable = False

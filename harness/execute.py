@@ -225,20 +225,14 @@ class Workspace:
         model = _built(defense.prepare(model), Model, f"defense '{cell.defense.label}' (prepare)")
         ctx = self._context(cell)
         head = _head_keys(model)
+        cached = self.cache.path("models", cell.training_key).exists()
         train_seconds = self._load_backbone(cell, model, head)
         if train_seconds is None:
-            structure = {k: v.shape for k, v in model.state_dict().items()}
-            warm_up()
-            started = time.perf_counter()
-            model = _built(defense.train(model, data, ctx), Model, f"defense '{cell.defense.label}'")
-            train_seconds = time.perf_counter() - started
-            if {k: v.shape for k, v in model.state_dict().items()} != structure:
-                raise ValueError(
-                    f"defense '{cell.defense.label}' returned a model whose state differs from what prepare() built: "
-                    "build added or wrapped modules in Defense.prepare so that the cached model can be loaded"
-                )
-            state = {k: v for k, v in model.state_dict().items() if k not in head}
-            self.cache.save("models", cell.training_key, cell.training_config, state, train_seconds=train_seconds)
+            with self.cache.exclusive("models", cell.training_key):
+                if not cached:  # another process may have trained it while this one waited
+                    train_seconds = self._load_backbone(cell, model, head)
+                if train_seconds is None:
+                    model, train_seconds = self._train(cell, model, defense, data, ctx, head)
         model.to(self.device).eval()
         self._fit_head(cell, model, data, ctx, head)
         x, y = data.x_test[: cell.n_samples], data.y_test[: cell.n_samples]
@@ -251,6 +245,24 @@ class Workspace:
         draws = cell.draws if model.stochastic else 1
         clean = self.predictions(model, x, draws, cell.model_key)
         return TrainedModel(model, train_seconds, x, y, draws, clean, note)
+
+    def _train(
+        self, cell: Cell, model: Model, defense: Defense, data: Dataset, ctx: TrainContext, head: set[str]
+    ) -> tuple[Model, float]:
+        """Train the backbone with the cell's defense and cache it; returns it and the seconds taken."""
+        structure = {k: v.shape for k, v in model.state_dict().items()}
+        warm_up()
+        started = time.perf_counter()
+        model = _built(defense.train(model, data, ctx), Model, f"defense '{cell.defense.label}'")
+        train_seconds = time.perf_counter() - started
+        if {k: v.shape for k, v in model.state_dict().items()} != structure:
+            raise ValueError(
+                f"defense '{cell.defense.label}' returned a model whose state differs from what prepare() built: "
+                "build added or wrapped modules in Defense.prepare so that the cached model can be loaded"
+            )
+        state = {k: v for k, v in model.state_dict().items() if k not in head}
+        self.cache.save("models", cell.training_key, cell.training_config, state, train_seconds=train_seconds)
+        return model, train_seconds
 
     def diagnosed(self, trained: TrainedModel) -> TrainedModel:
         """``trained`` with what the adaptive-evaluation checks read of the model itself (its zero

@@ -222,7 +222,8 @@ def test_a_full_disk_under_the_cache_is_reported_once_and_the_results_kept(cli, 
     assert f"cannot write to the cache {cache}: No space left on device; continuing without caching" in err
     assert "unexpected pos" not in err and "error in" not in err
     assert read_leaderboard(suite.with_suffix(".csv"))["status"].eq("ok").all()
-    assert [p for p in cache.rglob("*") if p.is_file()] == [], "no entry and no temporary file is left"
+    left = [p for p in cache.rglob("*") if p.is_file() and p.parent.name != "locks"]
+    assert left == [], "no entry and no temporary file is left"
     code, _, err = cli("run", suite, "--cache-dir", cache, "--force", "--output", tmp_path / "later.csv")
     assert code == 0 and "cannot write" not in err and len(entries(cache, "attacks")) == 4
     pd.testing.assert_frame_equal(results(tmp_path / "later.csv"), results(suite.with_suffix(".csv")))
@@ -330,3 +331,25 @@ def test_two_processes_saving_one_entry_leave_one_whole_entry_and_no_temporary_f
     assert entry.tensors.keys() == expected.keys()
     assert all(torch.equal(entry.tensors[k], v) for k, v in expected.items())
     assert entry.meta["seconds"] == float(writer)
+
+
+def test_two_runs_sharing_a_cache_train_each_model_once(write_suite, tmp_path):
+    """The cache's lock on an entry: the second run waits for the first's training and loads it
+    (its rows carry the first's training time), as Ray workers sharing a cache do."""
+    import subprocess
+    import sys
+
+    suite = write_suite()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "harness", "run", str(suite), "--cache-dir", str(tmp_path / "cache"),
+             "--output", str(tmp_path / f"run{i}.csv")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    assert all(run.wait(timeout=300) == 0 for run in runs), [run.stderr.read() for run in runs]
+    seconds = [read_leaderboard(tmp_path / f"run{i}.csv")["train_seconds"] for i in range(2)]
+    pd.testing.assert_series_equal(seconds[0], seconds[1])
+    assert len(list((tmp_path / "cache" / "locks").glob("models-*.lock"))) == 1
