@@ -64,10 +64,10 @@ def compare_within(one: Side, by: str, baseline_value: str, alpha: float) -> pd.
     """Every value of column ``by`` against ``baseline_value``, on the entries they share."""
     others = [c for c in ENTRY if c != by]
     pairs = []
-    base = one.rows[one.rows[by] == baseline_value]
+    bases = dict(list(one.rows[one.rows[by] == baseline_value].groupby(others, sort=False)))
     for key, candidate in one.rows[one.rows[by] != baseline_value].groupby([*others, by], sort=False):
-        baseline = base[(base[others] == list(key[:-1])).all(axis=1)]
-        if len(baseline):
+        baseline = bases.get(key[:-1])
+        if baseline is not None:
             pairs.append(({**dict(zip([*others, by], key)), "baseline": baseline_value, "candidate": key[-1]}, baseline, candidate))
     return _table(pairs, one, one, alpha, compared=f"{by}_params")
 

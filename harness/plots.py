@@ -23,6 +23,7 @@ from harness.errors import UsageError
 from harness.leaderboard import read_leaderboard
 from harness.outcomes import check_against, outcomes_path, read_outcomes
 from harness.review import wilson_interval, worst_case
+from harness.statistics import t_quantile
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 
 PANEL = ["dataset", "norm"]
 LINE = ["model", "defense", "attack"]
+MAX_LINES = 8
+"""More lines than this in a panel split it, a panel per model, or per (model, defense): a legend
+of 20 entries is larger than the plot and no line can be told from its neighbours."""
+PANELS_PER_PAGE = 12
+"""Panels per figure file; more go to further pages (``robust-accuracy-page2.png``, ...)."""
 CONFIDENCE = 0.95
 DPI = 150
 PANEL_SIZE = (6.5, 4.5)
@@ -58,8 +64,6 @@ def accuracy_series(rows: pd.DataFrame) -> pd.DataFrame:
     measured eps-0 row starts at its clean accuracy at eps 0 (``measured`` False there), where
     robust accuracy equals clean accuracy by definition.
     """
-    from scipy.stats import t
-
     rows = rows[(rows["status"] == "ok") & np.isfinite(rows["eps"])]
     measured = rows.assign(measured=True)
     has_zero = rows[rows["eps"] == 0].groupby([*PANEL, *LINE]).size().index
@@ -85,7 +89,8 @@ def accuracy_series(rows: pd.DataFrame) -> pd.DataFrame:
         .reset_index()
     )
     several = series["seeds"] >= 2
-    half = t.ppf((1 + CONFIDENCE) / 2, (series["seeds"] - 1).clip(lower=1)) * series["std"] / np.sqrt(series["seeds"])
+    quantile = series["seeds"].map(lambda seeds: t_quantile(CONFIDENCE, max(seeds - 1, 1)))
+    half = quantile * series["std"] / np.sqrt(series["seeds"])
     series["low"] = np.where(several, series["robust_accuracy"] - half, series["wilson_low"]).clip(0, 1)
     series["high"] = np.where(several, series["robust_accuracy"] + half, series["wilson_high"]).clip(0, 1)
     return series[[*PANEL, *LINE, "eps", "measured", "seeds", "robust_accuracy", "low", "high"]]
@@ -136,12 +141,18 @@ def perturbation_cdf(rows: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame
     return pd.concat(lines, ignore_index=True) if lines else pd.DataFrame(columns=columns)
 
 
-def plot_leaderboard(csv: Path, output: Path) -> Plots:
-    """Write the figures of the leaderboard ``csv`` into the folder ``output``."""
+def plot_leaderboard(csv: Path, output: Path, filters: dict[str, Sequence[str]] | None = None) -> Plots:
+    """Write the figures of the leaderboard ``csv`` into the folder ``output``; ``filters`` keeps
+    the rows whose column (``model``, ``defense``, ``attack``) holds one of the values given."""
     frame = read_leaderboard(csv)
     ok = frame[frame["status"] == "ok"]
     if ok.empty:
         raise UsageError(f"{csv}: no ok rows to plot")
+    for column, values in (filters or {}).items():
+        if values:
+            ok = ok[ok[column].isin(values)]
+    if ok.empty:
+        raise UsageError(f"{csv}: no ok rows match {_describe(filters or {})}")
     outcomes = None
     if outcomes_path(csv).exists():
         outcomes = read_outcomes(outcomes_path(csv))
@@ -155,8 +166,8 @@ def plot_leaderboard(csv: Path, output: Path) -> Plots:
             rows = ok[ok["dataset"] == dataset]
             worst = worst_case(rows, outcomes) if outcomes is not None else None
             name = ACCURACY_FILE if len(datasets) == 1 else f"robust-accuracy-{file_label(dataset)}.png"
-            figure = accuracy_figure(rows, worst, suite if len(datasets) == 1 else f"{suite} ({dataset})")
-            plots.written.append(_save(figure, output / name))
+            figures = accuracy_figures(rows, worst, suite if len(datasets) == 1 else f"{suite} ({dataset})")
+            plots.written += _save_pages(figures, output / name)
         minimal = ok[ok["minimal_norm"] == "True"]
         if minimal.empty:
             plots.skipped.append(f"{CDF_FILE}: no minimal-norm attack in {csv}")
@@ -167,94 +178,141 @@ def plot_leaderboard(csv: Path, output: Path) -> Plots:
             if cdf.empty:
                 plots.skipped.append(f"{CDF_FILE}: the outcomes hold no minimal-norm cell with clean-correct samples")
             else:
-                plots.written.append(_save(cdf_figure(cdf, ok, suite), output / CDF_FILE))
+                plots.written += _save_pages(cdf_figures(cdf, ok, suite), output / CDF_FILE)
     except OSError as exc:
         raise UsageError(f"{output}: cannot write figures: {exc.strerror or exc}") from None
     return plots
 
 
-def accuracy_figure(rows: pd.DataFrame, worst: pd.DataFrame | None, title: str) -> Figure:
-    """Robust accuracy against eps, a panel per (dataset, norm); worst case over attacks dashed."""
+def _describe(filters: dict[str, Sequence[str]]) -> str:
+    return ", ".join(f"{column} {' or '.join(values)}" for column, values in filters.items() if values)
+
+
+def facet_depth(lines: pd.DataFrame) -> int:
+    """How many of (model, defense) split each (dataset, norm) panel so that none holds more than
+    :data:`MAX_LINES` lines; ``lines`` has a row per line, with the columns of ``PANEL`` and ``LINE``."""
+    for depth in (0, 1):
+        if lines.groupby([*PANEL, *LINE[:depth]]).size().max() <= MAX_LINES:
+            return depth
+    return 2
+
+
+def _panels(keys: pd.DataFrame, depth: int) -> list[list[tuple]]:
+    """The panels, (dataset, norm, and the first ``depth`` of model and defense), in pages."""
+    panels = sorted(keys.groupby([*PANEL, *LINE[:depth]]).groups)
+    return [panels[i : i + PANELS_PER_PAGE] for i in range(0, len(panels), PANELS_PER_PAGE)]
+
+
+def _in(frame: pd.DataFrame, panel: tuple) -> pd.DataFrame:
+    """The rows of ``frame`` in ``panel``."""
+    columns = [*PANEL, *LINE][: len(panel)]
+    return frame[(frame[columns] == list(panel)).all(axis=1)] if len(frame) else frame
+
+
+def _panel_title(panel: tuple, what: str) -> str:
+    dataset, norm, *entry = panel
+    return f"{dataset}, {_norm_name(norm)}{what}" + (f": {' · '.join(entry)}" if entry else "")
+
+
+def accuracy_figures(rows: pd.DataFrame, worst: pd.DataFrame | None, title: str) -> list[Figure]:
+    """Robust accuracy against eps, a panel per (dataset, norm), split per model or (model,
+    defense) when a panel would hold too many lines, in pages; worst case over attacks dashed."""
     series = accuracy_series(rows)
     worst_series = accuracy_series(worst) if worst is not None and len(worst) else series.iloc[:0]
-    panels = sorted(rows.groupby(PANEL).groups)
-    styles = _accuracy_styles(sorted(series.groupby(LINE).groups), sorted(worst_series.groupby(LINE).groups))
-    figure, axes = _figure(len(panels))
-    for ax, (dataset, norm) in zip(axes, panels):
-        panel = rows[(rows["dataset"] == dataset) & (rows["norm"] == norm)]
-        in_panel = series[(series["dataset"] == dataset) & (series["norm"] == norm)]
-        worst_in_panel = worst_series[(worst_series["dataset"] == dataset) & (worst_series["norm"] == norm)]
-        for entry, line in [*in_panel.groupby(LINE), *worst_in_panel.groupby(LINE)]:
-            _accuracy_line(ax, line, **styles[entry])
-        seeds = sorted(panel.groupby([*LINE, "eps"])["seed"].nunique().unique())
-        notes = [_band_note(seeds)]
-        if not in_panel["measured"].all():
-            notes.append("hollow marker: clean accuracy")
-        unbounded = panel[~np.isfinite(panel["eps"])]
-        if len(unbounded):
-            count = unbounded.groupby(LINE).ngroups
-            notes.append(f"eps = inf not shown ({count} {'entry' if count == 1 else 'entries'})")
-        ax.set_title(f"{dataset}, {_norm_name(norm)} attacks\n" + _join(notes), fontsize=10)
-        ax.set_xlabel(f"eps ({_norm_name(norm)})")
-        ax.set_ylabel("robust accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    figure.suptitle(f"Robust accuracy under attack: {title}")
-    groups = {entry[:2] for entry in styles}
-    _legend(figure, axes, [style["label"] for style in styles.values()], columns=min(len(groups), 4))
-    return figure
+    lines = pd.concat([series, worst_series])[[*PANEL, *LINE]].drop_duplicates()
+    depth = facet_depth(lines)
+    styles = _accuracy_styles(sorted(series.groupby(LINE).groups), sorted(worst_series.groupby(LINE).groups), depth)
+    figures = []
+    for page in _panels(lines, depth):
+        figure, axes = _figure(len(page), columns=2 if depth == 0 else 3)
+        for ax, panel in zip(axes, page):
+            in_rows, in_series, in_worst = _in(rows, panel), _in(series, panel), _in(worst_series, panel)
+            for entry, line in [*in_series.groupby(LINE), *in_worst.groupby(LINE)]:
+                _accuracy_line(ax, line, **styles[entry[depth:]])
+            seeds = sorted(in_rows.groupby([*LINE, "eps"])["seed"].nunique().unique())
+            notes = [_band_note(seeds)]
+            if not in_series["measured"].all():
+                notes.append("hollow marker: clean accuracy")
+            unbounded = in_rows[~np.isfinite(in_rows["eps"])]
+            if len(unbounded):
+                count = unbounded.groupby(LINE).ngroups
+                notes.append(f"eps = inf not shown ({count} {'entry' if count == 1 else 'entries'})")
+            ax.set_title(_panel_title(panel, " attacks") + "\n" + _join(notes), fontsize=10)
+            ax.set_xlabel(f"eps ({_norm_name(panel[1])})")
+            ax.set_ylabel("robust accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        figure.suptitle(f"Robust accuracy under attack: {title}")
+        columns = len(styles) if depth == 2 else len({key[:-1] for key in styles})
+        _legend(figure, axes, [style["label"] for style in styles.values()], columns=min(columns, 4))
+        figures.append(figure)
+    return figures
 
 
-def cdf_figure(cdf: pd.DataFrame, rows: pd.DataFrame, suite: str) -> Figure:
+def cdf_figures(cdf: pd.DataFrame, rows: pd.DataFrame, suite: str) -> list[Figure]:
     """Success rate of each minimal-norm attack against the perturbation size it may use, with
-    the leaderboard's eps values of that norm marked."""
-    panels = sorted(cdf.groupby(PANEL).groups)
-    entries = sorted(cdf.groupby(LINE).groups)
-    color = dict(zip(entries, _colors(len(entries))))
-    figure, axes = _figure(len(panels))
-    for ax, (dataset, norm) in zip(axes, panels):
-        budgets = rows[(rows["dataset"] == dataset) & (rows["norm"] == norm)]["eps"]
-        budgets = sorted(e for e in budgets.unique() if 0 < e < math.inf)
-        panel = cdf[(cdf["dataset"] == dataset) & (cdf["norm"] == norm)]
-        right = max([*budgets, panel["size"].max()]) * 1.05 or 1.0
-        for entry, line in panel.groupby(LINE):
-            end = min(line["largest_eps"].iloc[0], right)
-            sizes = np.append(line["size"].to_numpy(), end)
-            success = np.append(line["success"].to_numpy(), line["success"].iloc[-1])
-            seeds = line["seeds"].iloc[0]
-            label = f"{' · '.join(entry)} ({seeds} seed{'s' if seeds > 1 else ''})"
-            ax.step(sizes, success, where="post", color=color[entry], linewidth=1.8, label=label)
-        for eps in budgets:
-            ax.axvline(eps, color="0.55", linestyle=":", linewidth=1)
-        top = ax.secondary_xaxis("top")  # the eps values named where they cannot cover a curve
-        top.set_xticks(budgets, [f"{eps:g}" for eps in budgets], fontsize=8, color="0.35")
-        largest = panel["largest_eps"].unique()
-        source = ", ".join(f"{e:g}" for e in sorted(largest))
-        ax.set_title(
-            f"{dataset}, {_norm_name(norm)}\nsizes from each sweep's largest eps ({source}); "
-            "dotted: the leaderboard's eps (top axis)",
-            fontsize=10,
-        )
-        ax.set_xlabel(f"perturbation size ({_norm_name(norm)})")
-        ax.set_ylabel("attack success rate\n(clean-correct samples broken)")
-        ax.set_xlim(0, right)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    figure.suptitle(f"Perturbation size of minimal-norm attacks: {suite}")
-    _legend(figure, axes)
-    return figure
+    the leaderboard's eps values of that norm marked; split and paged as the accuracy figures."""
+    lines = cdf[[*PANEL, *LINE]].drop_duplicates()
+    depth = facet_depth(lines)
+    keys = sorted({tuple(key)[depth:] for key in lines[LINE].itertuples(index=False)})
+    color = dict(zip(keys, _colors(len(keys))))
+    figures = []
+    for page in _panels(lines, depth):
+        figure, axes = _figure(len(page), columns=2 if depth == 0 else 3)
+        for ax, panel in zip(axes, page):
+            dataset, norm = panel[:2]
+            budgets = rows[(rows["dataset"] == dataset) & (rows["norm"] == norm)]["eps"]
+            budgets = sorted(e for e in budgets.unique() if 0 < e < math.inf)
+            in_panel = _in(cdf, panel)
+            right = max([*budgets, in_panel["size"].max()]) * 1.05 or 1.0
+            for entry, line in in_panel.groupby(LINE):
+                end = min(line["largest_eps"].iloc[0], right)
+                sizes = np.append(line["size"].to_numpy(), end)
+                success = np.append(line["success"].to_numpy(), line["success"].iloc[-1])
+                seeds = line["seeds"].iloc[0]
+                label = f"{' · '.join(entry[depth:])} ({seeds} seed{'s' if seeds > 1 else ''})"
+                ax.step(sizes, success, where="post", color=color[entry[depth:]], linewidth=1.8, label=label)
+            for eps in budgets:
+                ax.axvline(eps, color="0.55", linestyle=":", linewidth=1)
+            top = ax.secondary_xaxis("top")  # the eps values named where they cannot cover a curve
+            top.set_xticks(budgets, [f"{eps:g}" for eps in budgets], fontsize=8, color="0.35")
+            source = ", ".join(f"{e:g}" for e in sorted(in_panel["largest_eps"].unique()))
+            ax.set_title(
+                _panel_title(panel, "") + f"\nsizes from each sweep's largest eps ({source}); "
+                "dotted: the leaderboard's eps (top axis)",
+                fontsize=10,
+            )
+            ax.set_xlabel(f"perturbation size ({_norm_name(norm)})")
+            ax.set_ylabel("attack success rate\n(clean-correct samples broken)")
+            ax.set_xlim(0, right)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        figure.suptitle(f"Perturbation size of minimal-norm attacks: {suite}")
+        _legend(figure, axes)
+        figures.append(figure)
+    return figures
 
 
-def _accuracy_styles(entries: Sequence[tuple], worst: Sequence[tuple]) -> dict[tuple, dict]:
-    """Label, color and marker of every line, in legend order. A (model, defense) keeps one hue
+def _accuracy_styles(entries: Sequence[tuple], worst: Sequence[tuple], depth: int = 0) -> dict[tuple, dict]:
+    """Label, color and marker of every line, keyed by its (model, defense, attack) less the first
+    ``depth`` fields (those of its panel), in legend order. A (model, defense) keeps one hue
     across its attacks (lighter shades, one marker per attack) and its worst case (darker,
-    dashed), so that the dashed line stays visible on top of the attack it usually equals."""
+    dashed), so that the dashed line stays visible on top of the attack it usually equals; in a
+    panel of one (model, defense), each attack has its own hue."""
     from matplotlib.colors import to_rgb
 
-    groups = sorted({entry[:2] for entry in [*entries, *worst]})
-    attacks = sorted({entry[2] for entry in entries})
-    bases = dict(zip(groups, _colors(len(groups))))
+    entries = sorted({entry[depth:] for entry in entries})
+    worst = sorted({entry[depth:] for entry in worst})
+    groups = sorted({entry[:-1] for entry in [*entries, *worst]})
+    attacks = sorted({entry[-1] for entry in entries})
     styles = {}
+    if groups == [()]:
+        for j, (attack, color) in enumerate(zip(attacks, _colors(len(attacks)))):
+            styles[(attack,)] = {"label": attack, "color": color, "marker": MARKERS[j % len(MARKERS)]}
+        for entry in worst:
+            styles[entry] = {"label": "worst case", "color": (0.15, 0.15, 0.15), "worst": True}
+        return styles
+    bases = dict(zip(groups, _colors(len(groups))))
     for group in groups:
         base = np.array(to_rgb(bases[group]))
         for j, attack in enumerate(attacks):
@@ -266,7 +324,7 @@ def _accuracy_styles(entries: Sequence[tuple], worst: Sequence[tuple]) -> dict[t
                     "marker": MARKERS[j % len(MARKERS)],
                 }
         for entry in worst:
-            if entry[:2] == group:
+            if entry[:-1] == group:
                 label = " · ".join([*group, "worst case"])
                 styles[entry] = {"label": label, "color": tuple(base * 0.55), "worst": True}
     return styles
@@ -308,13 +366,13 @@ def _band_note(seeds: Sequence[int]) -> str:
     return "mean over seeds, band: 95% t interval (Wilson for one seed)"
 
 
-def _figure(panels: int) -> tuple[Figure, list[Axes]]:
+def _figure(panels: int, columns: int = 2) -> tuple[Figure, list[Axes]]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = min(panels, 2)
+    columns = min(panels, columns)
     rows = math.ceil(panels / columns)
     figure, axes = plt.subplots(
         rows, columns, figsize=(PANEL_SIZE[0] * columns, PANEL_SIZE[1] * rows + 0.8), layout="constrained",
@@ -364,6 +422,14 @@ def file_label(text: str) -> str:
     if slug == text and len(text) <= SLUG_LENGTH and not text.startswith("."):
         return text
     return f"{slug[:SLUG_LENGTH]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def _save_pages(figures: Sequence[Figure], path: Path) -> list[Path]:
+    """Save the pages of one figure: the first as ``path``, the others as ``<stem>-page<k>``."""
+    return [
+        _save(figure, path if k == 1 else path.with_name(f"{path.stem}-page{k}{path.suffix}"))
+        for k, figure in enumerate(figures, 1)
+    ]
 
 
 def _save(figure: Figure, path: Path) -> Path:

@@ -8,17 +8,20 @@ unbounded attack succeeds (5.3, 5.4), black-box and transfer attacks do not beat
 (5.7), gradients are not masked (5.5), randomness is averaged (EOT, 5.9), and attacks are run to
 convergence with more iterations and restarts (5.8).
 
-Pure pandas (and scipy for intervals): no torch, so ``show`` and ``compare`` stay fast.
+Pure pandas: no torch, so ``show``, ``compare`` and ``site`` stay fast.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness.leaderboard import TOLERANCE, over_budget
-from harness.statistics import wilson_interval
+from harness.statistics import mean_interval, wilson_interval
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,6 +71,17 @@ LARGE_LINF = 0.5
 """An Linf budget that can turn any [0, 1] image into uniform grey: beyond it nothing should survive."""
 WORST_CASE = "worst-case"
 ENTRY = ["dataset", "model", "defense", "norm", "eps", "seed"]
+CHECKED = [
+    "attack", "status", "message", "clean_accuracy", "robust_accuracy", "attack_success_rate", "max_perturbation_linf",
+    "attack_access", "attack_params", "attack_plugin", "zero_gradient_fraction", "randomness",
+]  # fmt: skip
+"""The columns the checks read, beside :data:`ENTRY`."""
+WORST_COLUMNS = [
+    *ENTRY, "attack", "n_samples", "clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low", "robust_accuracy_ci_high",
+    "attack_success_rate", "status", "message", "cell_id", "dataset_params", "model_params", "defense_params",
+    "attack_params",
+]  # fmt: skip
+"""The columns of :func:`worst_over_attacks`' rows: what ``show``, ``site`` and a comparison read."""
 
 
 def iterations(attack_params: str) -> int:
@@ -96,7 +110,10 @@ def _effort(attack_params: str) -> tuple[str, int, int] | None:
 def _by_access(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The white-box rows and the black-box or transfer rows. A transfer from the row's own model
     and defense is a white-box attack, and counts as one."""
-    own = rows["attack_params"].map(_source).eq(list(zip(rows["model"], rows["defense"])))
+    import pandas as pd
+
+    sources = rows["attack_params"].map(_source)
+    own = pd.Series([s == (m, d) for s, m, d in zip(sources, rows["model"], rows["defense"])], index=rows.index, dtype=bool)
     white = rows["attack_access"].eq("white-box").fillna(False).astype(bool) | own
     other = rows["attack_access"].isin(["black-box", "transfer"]) & ~own
     return rows[white], rows[other]
@@ -120,13 +137,13 @@ def _effort_pairs(setting: pd.DataFrame) -> list[tuple[Any, Any]]:
     """(index, longer index) for each pair of rows of one setting where the second is the same attack
     (plugin and parameters) run with more effort (:func:`more_effort`)."""
     efforts = {index: _effort(params) for index, params in setting["attack_params"].items()}
+    plugins = setting["attack_plugin"].fillna("")  # a missing plugin is no plugin, not an unknown one
     return [
         (index, longer)
         for index, effort in efforts.items()
         for longer, longer_effort in efforts.items()
         if effort is not None and longer_effort is not None and effort[0] == longer_effort[0]
-        and setting.at[index, "attack_plugin"] == setting.at[longer, "attack_plugin"]
-        and more_effort(longer_effort[1:], effort[1:])
+        and plugins[index] == plugins[longer] and more_effort(longer_effort[1:], effort[1:])
     ]  # fmt: skip
 
 
@@ -141,6 +158,7 @@ def flags(frame: pd.DataFrame, num_classes: int = 10) -> pd.Series:
     """For every row, the names of the :data:`FLAGS` it raises, joined by ``"; "`` ("" for none)."""
     import pandas as pd
 
+    frame = frame[[*ENTRY, *CHECKED]]  # each subset below copies every column: only those read
     raised: dict[str, set[str]] = {index: set() for index in frame.index}
     ok = frame[frame["status"] == "ok"]
 
@@ -191,22 +209,42 @@ def flags(frame: pd.DataFrame, num_classes: int = 10) -> pd.Series:
 MODEL = ["dataset", "model", "defense"]
 
 
+@dataclass(frozen=True)
+class Checks:
+    """What the checks say about one trained entry: the failed ones with their worst number, the
+    passed ones, and those its rows give no material for, with what to add."""
+
+    failed: dict[str, str]
+    passed: list[str]
+    missing: dict[str, str]
+
+
+def checks(rows: pd.DataFrame) -> Checks:
+    """The :data:`FLAGS` checks over ``rows``, the ok rows of one trained entry with ``flags``."""
+    rows = rows[[*ENTRY, *CHECKED, "flags"]]  # each subset copies every column: only those read
+    raised = {name for text in rows["flags"].fillna("") for name in text.split("; ") if name}
+    missing = _unchecked(rows)
+    return Checks(
+        failed={name: _worst(name, rows) for name in FLAGS if name in raised},
+        passed=[name for name in FLAGS if name not in raised and name not in missing],
+        missing=missing,
+    )
+
+
 def verdicts(frame: pd.DataFrame) -> list[str]:
     """Per trained entry (dataset, model, defense): the checks its rows failed, with their worst
     numbers and what to run next, the checks it passed, and those the leaderboard cannot make.
     ``frame`` carries the ``flags`` column (:func:`flags`)."""
     lines = []
     for key, rows in frame[frame["status"] == "ok"].groupby(MODEL, sort=False):
-        raised = {name for text in rows["flags"].fillna("") for name in text.split("; ") if name}
-        missing = _unchecked(rows)
-        failed = [name for name in FLAGS if name in raised]
-        passed = [name for name in FLAGS if name not in raised and name not in missing]
-        lines.append(f"verdict {'/'.join(map(str, key))}: {len(failed)} of {len(failed) + len(passed)} checks failed")
-        for name in failed:
-            lines.append(f"  failed {name}: {_worst(name, rows)} -> {NEXT_STEP[name]}")
-        if passed:
-            lines.append(f"  passed: {', '.join(passed)}")
-        for name, why in missing.items():
+        result = checks(rows)
+        checked = len(result.failed) + len(result.passed)
+        lines.append(f"verdict {'/'.join(map(str, key))}: {len(result.failed)} of {checked} checks failed")
+        for name, worst in result.failed.items():
+            lines.append(f"  failed {name}: {worst} -> {NEXT_STEP[name]}")
+        if result.passed:
+            lines.append(f"  passed: {', '.join(result.passed)}")
+        for name, why in result.missing.items():
             lines.append(f"  not checked {name}: {why}")
     return lines
 
@@ -268,21 +306,62 @@ def worst_case(frame: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
     outcomes cover the same samples, the accuracy against their union: a sample counts as robust
     only if every attack failed on it (as AutoAttack reports). Rows shaped like the leaderboard's,
     with ``attack = "worst-case"`` and the attacks it combines in ``message``."""
+    return _union(frame, outcomes, minimum=2)[0]
+
+
+def worst_over_attacks(frame: pd.DataFrame, outcomes: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every (dataset, model, defense, norm, eps, seed) of the ok rows under the worst case over
+    its attacks, whatever their number: the per-sample union (:func:`worst_case`) where the
+    outcomes cover the same samples, else the attack with the lowest robust accuracy (an upper
+    bound on the union when there are several; ``message`` says so). Returns the rows, with
+    ``attack = "worst-case"`` and the columns :data:`WORST_COLUMNS`, and the per-sample outcomes of
+    the unions (``cell_id``, ``sample``, ``clean_correct``, ``robust``), so that
+    :mod:`harness.comparison` can compare them."""
+    import pandas as pd
+
+    ok = frame[frame["status"] == "ok"]
+    rows, samples = _union(ok, outcomes, minimum=1) if outcomes is not None else (ok.iloc[:0], None)
+    done = set(map(tuple, rows[ENTRY].to_numpy())) if len(rows) else set()
+    rest = ok[[key not in done for key in map(tuple, ok[ENTRY].to_numpy())]]
+    grouped = rest.groupby(ENTRY, sort=True)
+    names = grouped["attack"].agg(lambda attacks: ", ".join(sorted(attacks)))
+    counts = grouped.size()
+    lowest = rest.loc[grouped["robust_accuracy"].idxmin().to_numpy()]
+    lowest = lowest.assign(
+        attack=WORST_CASE,
+        message=[
+            f"{names[key]}, the only attack" if counts[key] == 1
+            else f"lowest of {names[key]} (no per-sample outcomes: an upper bound)"
+            for key in lowest.set_index(ENTRY).index
+        ],
+    )  # fmt: skip
+    if samples is None:
+        samples = pd.DataFrame(columns=["cell_id", "sample", "clean_correct", "robust"])
+    return pd.concat([rows, lowest], ignore_index=True).reindex(columns=WORST_COLUMNS), samples
+
+
+def _union(frame: pd.DataFrame, outcomes: pd.DataFrame, minimum: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The worst case of each setting with ``minimum`` or more attacks whose outcomes cover the
+    same samples: rows (with the parameters of the dataset, model and defense, and a ``cell_id``
+    derived from the cells it combines) and their per-sample outcomes."""
     import pandas as pd
 
     ok = frame[(frame["status"] == "ok") & frame["cell_id"].isin(outcomes["cell_id"])]
-    by_cell = outcomes.set_index("cell_id")
-    rows = []
+    by_cell = {cell_id: cell.set_index("sample") for cell_id, cell in outcomes[outcomes["cell_id"].isin(ok["cell_id"])].groupby("cell_id")}
+    rows, samples_of = [], []
     for key, setting in ok.groupby(ENTRY, sort=True):
-        if setting["attack"].nunique() < 2:
+        if setting["attack"].nunique() < minimum:
             continue
-        samples = [by_cell.loc[[cell_id]].set_index("sample") for cell_id in setting["cell_id"]]
+        samples = [by_cell[cell_id] for cell_id in setting["cell_id"]]
         if any(not s.index.equals(samples[0].index) for s in samples):
             continue
         robust = pd.concat([s["robust"] for s in samples], axis=1).min(axis=1)
         clean = samples[0]["clean_correct"]
         n = len(robust)
         low, high = wilson_interval(int(round(robust.sum())), n)
+        cell_id = f"{WORST_CASE}-{hashlib.sha256(' '.join(sorted(setting['cell_id'])).encode()).hexdigest()[:16]}"
+        attacks = sorted(setting["attack"])
+        first = setting.iloc[0]
         rows.append(
             {
                 **dict(zip(ENTRY, key)),
@@ -294,8 +373,51 @@ def worst_case(frame: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
                 "robust_accuracy_ci_high": high,
                 "attack_success_rate": (clean - robust).sum() / clean.sum() if clean.sum() > 0 else math.nan,
                 "status": "ok",
-                "message": "union of " + ", ".join(sorted(setting["attack"])),
+                "message": f"{attacks[0]}, the only attack" if len(attacks) == 1 else "union of " + ", ".join(attacks),
+                "cell_id": cell_id,
+                **{column: first[column] for column in ("dataset_params", "model_params", "defense_params")},
+                "attack_params": json.dumps(attacks),
             }
         )
-    return pd.DataFrame(rows)
+        samples_of.append(pd.DataFrame({"cell_id": cell_id, "sample": robust.index, "clean_correct": clean.to_numpy(),
+                                        "robust": robust.to_numpy()}))  # fmt: skip
+    columns = ["cell_id", "sample", "clean_correct", "robust"]
+    return pd.DataFrame(rows), pd.concat(samples_of, ignore_index=True) if samples_of else pd.DataFrame(columns=columns)
 
+
+def over_seeds(rows: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per ``keys``, averaged over its seeds: ``seeds``, the mean clean and robust
+    accuracy, attack success rate and ``metrics``, the union of the ``flags``, and
+    ``robust_ci_low``/``robust_ci_high``: the 95% Student-t interval of the mean over seeds,
+    which covers the seed-to-seed spread, clipped to [0, 1] (a t interval knows no bounds: 0.99
+    and 1.0 would give 1.04); for one seed, the row's Wilson interval, which stays inside."""
+    import numpy as np
+    import pandas as pd
+
+    flagged = ["flags"] if "flags" in rows else []
+    columns = [*keys, "seed", "clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low", "robust_accuracy_ci_high",
+               "attack_success_rate", *metrics, *flagged]  # fmt: skip
+    rows = rows[list(dict.fromkeys(columns))]  # each group copies every column: only those read
+    records = []
+    for _, group in rows.groupby(list(keys), dropna=False, sort=False):
+        values = group["robust_accuracy"].dropna().tolist()
+        mean, low, high = mean_interval(values) if values else (math.nan, math.nan, math.nan)
+        if len(group) == 1:
+            low, high = group["robust_accuracy_ci_low"].iloc[0], group["robust_accuracy_ci_high"].iloc[0]
+        first = group.iloc[0]
+        records.append(
+            {
+                **{column: first[column] for column in keys},
+                "seeds": group["seed"].nunique(),
+                "clean_accuracy": group["clean_accuracy"].mean(),
+                "robust_accuracy": mean,
+                "robust_ci_low": float(np.clip(low, 0, 1)),
+                "robust_ci_high": float(np.clip(high, 0, 1)),
+                "attack_success_rate": group["attack_success_rate"].mean(),
+                **{m: group[m].mean() for m in metrics},
+                **{f: "; ".join(sorted({n for text in group[f].fillna("") for n in text.split("; ") if n})) for f in flagged},
+            }
+        )
+    columns = [*keys, "seeds", "clean_accuracy", "robust_accuracy", "robust_ci_low", "robust_ci_high",
+               "attack_success_rate", *metrics, *flagged]  # fmt: skip
+    return pd.DataFrame(records, columns=columns)

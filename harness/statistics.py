@@ -4,8 +4,12 @@ A reviewer asks whether a candidate is more robust than a baseline on the same s
 Both are evaluated on the same test points, so the tests and intervals here use the pairing: the
 exact McNemar test and Newcombe's paired interval on per-sample outcomes, the Wilcoxon
 signed-rank test and a Student-t interval on per-seed accuracies, and Holm's correction when one
-comparison is repeated over many attacks or budgets. Only numpy and scipy are imported (scipy
-inside the functions), so that ``harness compare`` stays fast.
+comparison is repeated over many attacks or budgets. Only numpy is imported: the normal quantile
+comes from the standard library, and the t quantile, the binomial tail and the signed-rank
+distribution are computed here, exactly, since importing ``scipy.stats`` (or ``scipy.special``)
+takes from a third to most of a second, which ``show`` and ``compare`` would pay on every start.
+``scipy.stats`` is imported only for a Wilcoxon test with ties over more than 13 pairs, or over
+more than 50.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
 EXACT_WILCOXON_MAX_N = 50
+ENUMERATED_MAX_N = 13
+"""With ties or zeros, scipy's Wilcoxon enumerates every sign flip up to this many differences
+(its permutation test is exact there), and uses the normal approximation beyond."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +89,9 @@ def _paired(
 
 def _z(confidence: float) -> float:
     """The two-sided standard normal quantile for ``confidence``."""
-    from scipy.stats import norm
-
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, not {confidence}")
-    return float(norm.ppf(0.5 + confidence / 2))
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
 def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:
@@ -109,14 +115,14 @@ def mcnemar_exact(baseline: Sequence[bool | float], candidate: Sequence[bool | f
 
     Only the discordant samples carry information about which entry is better; under no
     difference each is equally likely to favour either, so the two-sided p-value is the exact
-    binomial test of ``c`` out of ``b + c`` at 1/2 (p = 1 when there is no discordant sample).
+    binomial test of ``c`` out of ``b + c`` at 1/2 (p = 1 when there is no discordant sample),
+    twice the smaller tail since the distribution is symmetric (what scipy's ``binomtest`` gives),
+    summed in integers.
     """
-    from scipy.stats import binomtest
-
     base, cand = _paired(baseline, candidate, binary=True)
     b = int(np.sum((base == 1) & (cand == 0)))
     c = int(np.sum((base == 0) & (cand == 1)))
-    p_value = 1.0 if b + c == 0 else float(binomtest(c, b + c, 0.5).pvalue)
+    p_value = 1.0 if b + c == 0 else min(1.0, 2 * _binomial_tail(min(b, c), b + c))
     return McNemar(b=b, c=c, n=len(base), p_value=p_value)
 
 
@@ -125,12 +131,11 @@ def wilcoxon_paired(baseline: Sequence[float], candidate: Sequence[float]) -> Wi
 
     Seeds pair the runs (same data order, same initialisation), and the test assumes no normality.
     The exact null distribution is used when it is exact: no zero and no tied differences, and at
-    most 50 pairs; otherwise scipy's default method. Differences are rounded to 12 decimals first,
-    so that float noise (0.3 - 0.1 != 0.5 - 0.3) neither hides a tie nor a zero. Read
-    :meth:`Wilcoxon.underpowered` before reading a large p-value as "no difference".
+    most 50 pairs; otherwise scipy's default method (an exact enumeration of the sign flips up to 13
+    differences, counted here too, else its normal approximation). Differences are rounded to 12
+    decimals first, so that float noise (0.3 - 0.1 != 0.5 - 0.3) neither hides a tie nor a zero.
+    Read :meth:`Wilcoxon.underpowered` before reading a large p-value as "no difference".
     """
-    from scipy.stats import wilcoxon
-
     base, cand = _paired(baseline, candidate, binary=False)
     differences = np.round(cand - base, 12)
     nonzero = differences[differences != 0]
@@ -140,10 +145,61 @@ def wilcoxon_paired(baseline: Sequence[float], candidate: Sequence[float]) -> Wi
         return Wilcoxon(n=0, statistic=0.0, p_value=1.0, method="none", min_p_value=min_p_value)
     untied = len(np.unique(np.abs(nonzero))) == n
     method = "exact" if untied and n == len(differences) and n <= EXACT_WILCOXON_MAX_N else "auto"
-    result = wilcoxon(differences, alternative="two-sided", method=method)
-    return Wilcoxon(
-        n=n, statistic=float(result.statistic), p_value=float(result.pvalue), method=method, min_p_value=min_p_value
-    )
+    if method == "exact" or len(differences) <= ENUMERATED_MAX_N:
+        statistic, p_value = _signed_rank_test(nonzero)
+    else:
+        from scipy.stats import wilcoxon
+
+        result = wilcoxon(differences, alternative="two-sided", method=method)
+        statistic, p_value = float(result.statistic), float(result.pvalue)
+    return Wilcoxon(n=n, statistic=statistic, p_value=p_value, method=method, min_p_value=min_p_value)
+
+
+def _binomial_tail(k: int, n: int) -> float:
+    """P(X <= k) for X ~ Binomial(n, 1/2): the sum of C(n, i) over i <= k, over 2**n, in integers."""
+    term = total = 1
+    for i in range(k):
+        term = term * (n - i) // (i + 1)
+        total += term
+    return total / 2**n
+
+
+def t_quantile(confidence: float, df: int) -> float:
+    """The two-sided Student-t quantile for ``confidence`` with ``df`` (whole) degrees of freedom:
+    the t at which P(|T| <= t) = confidence, by bisection on Abramowitz and Stegun's closed form
+    of that probability (26.7.3-4), a finite sum for whole ``df``."""
+    if not 0 < confidence < 1 or df < 1:
+        raise ValueError(f"need 0 < confidence < 1 and df >= 1, got {confidence} and {df}")
+
+    def within(theta: float) -> float:  # P(|T| <= sqrt(df) tan(theta))
+        c2, term, total = math.cos(theta) ** 2, 1.0, 1.0
+        for j in range(2 if df % 2 else 1, df - 1, 2):
+            term *= c2 * j / (j + 1)
+            total += term
+        if df % 2 == 0:
+            return math.sin(theta) * total
+        return 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0))
+
+    low, high = 0.0, math.pi / 2
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if within(middle) < confidence else (low, middle)
+    return math.sqrt(df) * math.tan((low + high) / 2)
+
+
+def _signed_rank_test(nonzero: np.ndarray) -> tuple[float, float]:
+    """The two-sided signed-rank test of non-zero differences by counting all 2**n sign flips:
+    (min(R+, R-), p). Tied sizes share their average rank, so ranks are counted in halves."""
+    _, inverse, ties = np.unique(np.abs(nonzero), return_inverse=True, return_counts=True)
+    last = np.cumsum(ties)
+    halves = (2 * last - ties + 1)[inverse]  # first + last rank of each tie group
+    counts = np.zeros(int(halves.sum()) + 1)  # counts[s]: sign flips whose positive ranks sum to s / 2
+    counts[0] = 1
+    for rank in halves:
+        counts[rank:] = counts[rank:] + counts[:-rank].copy()
+    observed = int(halves[nonzero > 0].sum())
+    tail = min(counts[: observed + 1].sum(), counts[observed:].sum()) / counts.sum()
+    return min(observed, int(halves.sum()) - observed) / 2, min(1.0, 2 * float(tail))
 
 
 def holm_adjusted(p_values: Sequence[float]) -> list[float]:
@@ -230,9 +286,8 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
 
     Few seeds make the normal quantile too optimistic; the t quantile with n - 1 degrees of
     freedom accounts for estimating the spread. (mean, NaN, NaN) for a single value: one seed
-    says nothing about the spread.
+    says nothing about the spread. The interval is not clipped: callers that show accuracies clip it.
     """
-    from scipy.stats import t
 
     array = np.asarray(values, dtype=float).ravel()
     if len(array) == 0 or not np.isfinite(array).all():
@@ -242,5 +297,5 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     mean = float(array.mean())
     if len(array) == 1:
         return mean, float("nan"), float("nan")
-    half = float(t.ppf(0.5 + confidence / 2, len(array) - 1)) * float(array.std(ddof=1)) / math.sqrt(len(array))
+    half = t_quantile(confidence, len(array) - 1) * float(array.std(ddof=1)) / math.sqrt(len(array))
     return mean, mean - half, mean + half

@@ -108,3 +108,20 @@ def test_compare_usage_errors_are_one_line(cli, tmp_path):
     assert code == 2 and "--by COLUMN --baseline VALUE" in err
     code, _, err = cli("compare", path, "--by", "model", "--baseline", "mpl")
     assert code == 2 and "did you mean 'mlp'" in err and err.count("\n") == 1
+
+
+def test_the_table_fits_a_terminal_and_marks_a_verdict_the_interval_does_not_support(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    long = "a-candidate-with-a-very-long-label"
+    same = [1.0] * 20 + [0.0] * 20
+    better = [1.0] * 30 + [0.0] * 10  # 10 samples gained
+    worse = [1.0] * 12 + [0.0] * 28  # 8 samples lost
+    path = board(tmp_path / "one.csv", {("mlp", 0.1): [same] * 3, (long, 0.1): [better, better, worse]})
+    code, out, _ = cli("compare", path, "--by", "model", "--baseline", "mlp")
+    assert code == 0 and max(map(len, out.splitlines())) <= 120
+    # McNemar pools 20 gains against 8 losses (p = 0.036); the seeds' differences +0.25, +0.25, -0.2 do not exclude 0
+    [line] = [line for line in out.splitlines() if line.endswith("better*")]
+    assert " McNemar " in line and long not in out and long[:22] + ".." in line
+    assert "*: significant, but the 95% interval crosses zero" in out
+    code, out, _ = cli("compare", path, "--by", "model", "--baseline", "mlp", "--wide")
+    assert code == 0 and long in out and "McNemar (120 pairs)" in out and "better*" in out

@@ -192,3 +192,38 @@ def test_errors_are_one_line_with_exit_2(cli, leaderboard, tmp_path, breakage, m
     code, out, err = cli("plot", *args)
     assert code == 2 and out == ""
     assert err.startswith("harness: error:") and err.count("\n") == 1 and message in err, err
+
+
+def test_plot_keeps_the_entries_asked_for(cli, leaderboard, tmp_path):
+    code, out, err = cli("plot", leaderboard, "--attack", "pgd", "--model", "mlp", "--output", tmp_path / "pgd")
+    assert code == 0 and out.splitlines() == [str(tmp_path / "pgd" / "robust-accuracy.png")]
+    assert "perturbation-cdf.png: no minimal-norm attack" in err  # linesearch was left out
+    code, out, err = cli("plot", leaderboard, "--defense", "nope")
+    assert code == 2 and out == "" and "no ok rows match defense nope" in err
+
+
+def test_a_crowded_panel_is_split_per_entry_and_continues_on_a_page(cli, leaderboard):
+    import matplotlib.pyplot as plt
+
+    from harness.plots import PANELS_PER_PAGE, accuracy_figures, facet_depth
+
+    frame = read_leaderboard(leaderboard)
+    linf = frame[(frame["model"] == "mlp") & (frame["norm"] == "linf")]
+    defenses = [linf.assign(defense=f"d{k:02d}", cell_id=f"d{k:02d}-" + linf["cell_id"]) for k in range(PANELS_PER_PAGE + 1)]
+    crowded = pd.concat([frame[frame["norm"] == "l2"], *defenses], ignore_index=True)
+    lines = crowded[["dataset", "norm", "model", "defense", "attack"]].drop_duplicates()
+    assert facet_depth(lines) == 2  # 26 lines of one model: a panel per (model, defense), a line per attack
+    grid = pd.MultiIndex.from_product([["digits"], ["linf"], ["a", "b"], ["x", "y", "z"], ["p", "q"]]).to_frame(
+        index=False, name=["dataset", "norm", "model", "defense", "attack"]
+    )
+    assert facet_depth(grid) == 1 and facet_depth(grid[grid["defense"] != "z"]) == 0  # 12 lines split per model; 8 kept
+    figures = accuracy_figures(crowded, None, "crowded")
+    titles = [[ax.get_title().split("\n")[0] for ax in figure.axes] for figure in figures]
+    plt.close("all")
+    assert [len(t) for t in titles] == [PANELS_PER_PAGE, 2]  # 13 Linf panels and the L2 one
+    assert titles[0][0] == "digits, L2 attacks: mlp · none" and titles[1][0] == "digits, Linf attacks: mlp · d11"
+    write_leaderboard(crowded.to_dict("records"), leaderboard)
+    outcomes_path(leaderboard).unlink()  # the copies have none
+    code, out, _ = cli("plot", leaderboard)
+    folder = leaderboard.parent / "board-plots"
+    assert code == 0 and out.splitlines()[:2] == [str(folder / "robust-accuracy.png"), str(folder / "robust-accuracy-page2.png")]

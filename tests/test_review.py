@@ -14,7 +14,7 @@ from test_leaderboard import make_row
 from harness.errors import ValidationError
 from harness.leaderboard import read_leaderboard, to_frame
 from harness.outcomes import check_against, outcomes_path, read_outcomes, write_outcomes
-from harness.review import flags, worst_case
+from harness.review import checks, flags, over_seeds, worst_case, worst_over_attacks
 
 FGSM = json.dumps({"norm": "linf"})
 PGD = json.dumps({"norm": "linf", "max_iter": 10})
@@ -99,6 +99,48 @@ def test_the_worst_case_counts_a_sample_robust_only_if_every_attack_failed(tmp_p
     interval = binomtest(3, 6).proportion_ci(method="wilson")
     assert (worst["robust_accuracy_ci_low"], worst["robust_accuracy_ci_high"]) == pytest.approx((interval.low, interval.high))
     assert worst["message"] == "union of fgsm, pgd"
+
+
+def test_the_worst_over_attacks_covers_every_setting_and_says_how():
+    clean = [1, 1, 1, 1, 0, 1]
+    fgsm, pgd = [1, 0, 1, 1, 0, 1], [1, 1, 0, 1, 0, 1]
+    rows = [
+        row("fgsm", 0.1, 3 / 6 + 1 / 6, clean=5 / 6, n_samples=6),
+        row("pgd", 0.1, 4 / 6, clean=5 / 6, n_samples=6),
+        row("pgd", 0.3, 0.0, clean=5 / 6, n_samples=6),
+    ]
+    outcomes = pd.concat([outcomes_for("fgsm-0.1-0-mlp", fgsm, clean), outcomes_for("pgd-0.1-0-mlp", pgd, clean),
+                          outcomes_for("pgd-0.3-0-mlp", [0] * 6, clean)])  # fmt: skip
+    frame = to_frame(rows)
+    worst, samples = worst_over_attacks(frame, outcomes)
+    worst = worst.set_index("eps")
+    assert worst.loc[0.1, "robust_accuracy"] == pytest.approx(3 / 6) and worst.loc[0.3, "robust_accuracy"] == 0
+    assert worst.loc[0.1, "message"] == "union of fgsm, pgd" and worst.loc[0.3, "message"] == "pgd, the only attack"
+    union = samples[samples["cell_id"] == worst.loc[0.1, "cell_id"]]
+    assert union["robust"].tolist() == [1, 0, 0, 1, 0, 1] and union["clean_correct"].tolist() == clean
+    # without outcomes: the lowest attack, an upper bound on the union
+    worst, samples = worst_over_attacks(frame, None)
+    lowest = worst.set_index("eps").loc[0.1]
+    assert lowest["robust_accuracy"] == pytest.approx(4 / 6) and samples.empty
+    assert lowest["message"] == "lowest of fgsm, pgd (no per-sample outcomes: an upper bound)"
+
+
+def test_intervals_over_seeds_stay_within_zero_and_one():
+    rows = to_frame([row("pgd", 0.1, robust, clean=1.0, seed=seed) for seed, robust in enumerate([0.99, 1.0, 1.0])])
+    rows["flags"] = ["", "rises-with-eps", ""]
+    [summary] = over_seeds(rows, ["model", "attack"]).to_dict("records")
+    assert summary["seeds"] == 3 and summary["robust_accuracy"] == pytest.approx(0.99667, abs=1e-5)
+    assert summary["robust_ci_high"] == 1.0 and 0.97 < summary["robust_ci_low"] < 0.99  # t interval: up to 1.0110
+    assert summary["flags"] == "rises-with-eps"
+    error = to_frame([row(status="error", robust=math.nan, clean=math.nan)])  # no value to average: NaN, no error
+    assert math.isnan(over_seeds(error, ["model"])["robust_accuracy"].iloc[0])
+
+
+def test_checks_list_the_failed_passed_and_unchecked():
+    frame = to_frame([row("pgd", 0.1, 0.5), row("pgd", 0.2, 0.6)])
+    result = checks(frame.assign(flags=flags(frame)))
+    assert list(result.failed) == ["rises-with-eps"] and "robust-above-clean" in result.passed
+    assert "add a black-box attack" in result.missing["weaker-white-box"]
 
 
 def test_outcomes_round_trip_and_are_validated(tmp_path):

@@ -17,6 +17,7 @@ from harness.statistics import (
     mcnemar_exact,
     mean_interval,
     paired_difference_interval,
+    t_quantile,
     unpaired_difference_interval,
     wilcoxon_paired,
     wilson_interval,
@@ -121,6 +122,29 @@ def test_wilcoxon_over_fifty_pairs_uses_scipys_default() -> None:
     result = wilcoxon_paired(np.zeros(60), differences)
     assert (result.method, result.n) == ("auto", 60)
     assert result.p_value == pytest.approx(stats.wilcoxon(differences).pvalue)
+
+
+@pytest.mark.parametrize("pairs", [3, 6, 9, 13, 20, 50])
+def test_counted_signed_rank_test_matches_scipy(pairs: int) -> None:
+    """The sign flips counted here, for the exact test and for scipy's enumeration with ties and
+    zeros up to 13 pairs; beyond, with ties, scipy's normal approximation is called as it is."""
+    rng = np.random.default_rng(pairs)
+    for draw in range(6):  # scipy's enumeration of 2**13 flips takes a second
+        tied = draw % 2 == 1  # accuracies on few samples: ties and zeros
+        differences = rng.integers(-4, 5, pairs) / 8 if tied else rng.normal(size=pairs)
+        if not np.any(differences):
+            continue
+        result = wilcoxon_paired(np.zeros(pairs), differences)
+        expected = stats.wilcoxon(differences)
+        assert result.statistic == pytest.approx(expected.statistic)
+        assert result.p_value == pytest.approx(expected.pvalue, rel=1e-9), (pairs, differences)
+
+
+def test_mcnemar_matches_binomtest_over_many_tables() -> None:
+    for b, c in itertools.product([0, 1, 2, 7, 30, 400], repeat=2):
+        result = mcnemar_exact(*outcomes(5, c, b, 5))
+        expected = 1.0 if b + c == 0 else stats.binomtest(c, b + c, 0.5).pvalue
+        assert result.p_value == pytest.approx(expected, rel=1e-9, abs=1e-300)
 
 
 def test_wilcoxon_without_differences() -> None:
@@ -287,6 +311,14 @@ def test_mean_interval_matches_scipy_t() -> None:
     expected = stats.t.interval(0.9, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
     assert mean == pytest.approx(np.mean(values))
     assert (low, high) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 6, 9, 30, 101])
+def test_t_quantile_matches_scipy(df: int) -> None:
+    for confidence in (0.5, 0.9, 0.95, 0.99, 0.999):
+        assert t_quantile(confidence, df) == pytest.approx(stats.t.ppf(0.5 + confidence / 2, df), rel=1e-10)
+    with pytest.raises(ValueError):
+        t_quantile(0.95, 0)
 
 
 def test_mean_interval_edge_cases() -> None:
