@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from torch import nn
 
+    from harness.distributed import RayOptions
     from harness.registry import Registry
 
 Warn = Callable[[str], None]
@@ -46,10 +47,14 @@ def run(
     cache_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
+    threads: int | None = None,
     force: bool = False,
     plugins: Sequence[str] = (),
     progress: bool = False,
     warn: Warn | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Run a suite, as ``harness run``, and return its leaderboard.
 
@@ -57,9 +62,16 @@ def run(
     to the working directory). ``output`` defaults to the suite file's path with ``.csv``; a dict
     suite without one is written to a temporary folder (its models and attack runs still go to
     the cache, so running it again is quick). ``overrides`` are ``--set`` assignments
-    (``"n_samples=50"``, ``"models.mlp.epochs=2"``); ``plugins`` are ``-p`` modules.
+    (``"n_samples=50"``, ``"models.mlp.epochs=2"``); ``plugins`` are ``-p`` modules; ``threads``
+    is ``--threads`` (torch's threads during the run, set back after it). ``executor="ray"``
+    computes on Ray: a local runtime, or the cluster at ``address``, ``workers`` tasks at once.
     """
+    from harness.distributed import RayOptions
     from harness.suite import read_suite_file
+
+    if executor not in ("local", "ray"):
+        raise UsageError(f"executor must be 'local' or 'ray', got {executor!r}")
+    ray = RayOptions(address, workers) if executor == "ray" else None
 
     if isinstance(suite, Mapping):
         raw, path = dict(suite), Path.cwd() / f"{suite.get('name', 'suite')}.toml"
@@ -67,7 +79,10 @@ def run(
         path = Path(suite)
         raw = read_suite_file(path)
     default = None if isinstance(suite, Mapping) else path.with_suffix(".csv")
-    return _run_raw(raw, path, output or default, overrides, cache_dir, data_dir, device, force, plugins, progress, warn)
+    return _run_raw(
+        raw, path, output or default, overrides, cache_dir, data_dir, device, threads, force, plugins, progress, warn,
+        ray=ray,
+    )  # fmt: skip
 
 
 def benchmark(
@@ -88,6 +103,7 @@ def benchmark(
     cache_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
+    threads: int | None = None,
     plugins: Sequence[str] = (),
     progress: bool = False,
     warn: Warn | None = None,
@@ -100,7 +116,8 @@ def benchmark(
     ``input_range`` and normalised with ``mean`` and ``std``, inside the evaluated model. Its
     identity (cache, cell ids) is a digest of its state dict and its class: the same weights
     reuse cached attack runs, other weights recompute. ``seeds`` seed the attacks (the model is
-    already trained). The model itself is not changed: the harness evaluates a copy.
+    already trained). The model itself is not changed: the harness evaluates a copy. ``threads``
+    is as for :func:`run`.
     """
     from torch import nn
 
@@ -132,7 +149,7 @@ def benchmark(
         "attacks": [{"norm": norm, "eps": budgets, **table} for table in tables],
     }
     path = Path.cwd() / "benchmark.toml"
-    return _run_raw(raw, path, output, (), cache_dir, data_dir, device, False, plugins, progress, warn, model)
+    return _run_raw(raw, path, output, (), cache_dir, data_dir, device, threads, False, plugins, progress, warn, model)
 
 
 def read(leaderboard: str | Path) -> pd.DataFrame:
@@ -251,11 +268,13 @@ def _run_raw(
     cache_dir: str | Path | None,
     data_dir: str | Path | None,
     device: str,
+    threads: int | None,
     force: bool,
     plugins: Sequence[str],
     progress: bool,
     warn: Warn | None,
     module: nn.Module | None = None,
+    ray: RayOptions | None = None,
 ) -> pd.DataFrame:
     from harness.leaderboard import read_leaderboard
     from harness.plugins import load_plugins
@@ -263,6 +282,8 @@ def _run_raw(
     from harness.suite import parse_suite, suite_plugins
 
     warn = warn or _warn_with_warnings
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"threads must be a whole number of at least 1, got {threads!r}")
     if overrides:
         from harness.overrides import apply_overrides
 
@@ -276,8 +297,9 @@ def _run_raw(
     suite = parse_suite(raw, path, registry)
     with _output_or_temporary(output) as csv:
         options = RunOptions(
-            output=csv, device=device, force=force, progress=progress, effective_suite=raw if overrides else None
-        )
+            output=csv, device=device, threads=threads, force=force, progress=progress,
+            effective_suite=raw if overrides else None, ray=ray,
+        )  # fmt: skip
         if cache_dir is not None:
             options.cache_dir = Path(cache_dir)
         if data_dir is not None:

@@ -1,6 +1,6 @@
 """The ``harness`` command line.
 
-``plugins``, ``show``, ``compare``, ``plot``, ``validate`` and ``--help`` never import torch or ART,
+``plugins``, ``show``, ``compare``, ``plot``, ``site``, ``validate`` and ``--help`` never import torch or ART,
 so they start fast.
 """
 
@@ -133,11 +133,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(render_plan(plan_run(suite, output, cache_dir, force=args.force)))
         return 0
+    from harness.distributed import RayOptions
     from harness.runner import RunOptions, run_suite
 
+    if args.executor == "local" and (args.address or args.workers):
+        raise UsageError("--address and --workers are for --executor ray")
+    ray = None
+    if args.executor == "ray":
+        ray = RayOptions(args.address, args.workers, args.cpus_per_task, args.gpus_per_task)
     options = RunOptions(
         output=output, cache_dir=cache_dir, device=args.device, force=args.force, wait=args.wait,
-        effective_suite=raw if args.set else None,
+        threads=args.threads, effective_suite=raw if args.set else None, ray=ray,
     )  # fmt: skip
     if args.data_dir:
         options.data_dir = args.data_dir
@@ -178,37 +184,50 @@ def cmd_show(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from harness.leaderboard import metric_columns
-    from harness.review import FLAGS, WORST_CASE, flags, verdicts, worst_case
+    from harness.review import FLAGS, WORST_CASE, flags, over_seeds, verdicts, worst_case
 
     frame, outcomes = read_with_outcomes(args.csv)
     frame = frame.assign(flags=flags(frame))
-    if outcomes is not None:
+    if outcomes is not None and args.by == "attack":
         frame = pd.concat([frame, worst_case(frame, outcomes)], ignore_index=True)
     shown = _filtered(frame, args)
+    if args.by == "entry" and not (shown["status"] == "ok").any() and len(shown):
+        print("no ok rows match (the entries are ranked on ok rows; --by attack lists the others)")
+        return 0
     if shown.empty:
         print("no rows match")
         return 0
     metrics = metric_columns(frame.columns)
-    if args.per_seed:
+    seed = ["seed"] if args.per_seed else []
+    if args.by == "entry":
+        table, worst = _entry_table(shown[shown["status"] == "ok"], outcomes, seed)
+    elif args.per_seed:
         table = shown[[*ENTRY_COLUMNS, "seed", "clean_accuracy", "robust_accuracy", "robust_accuracy_ci_low",
                        "robust_accuracy_ci_high", "attack_success_rate", *metrics, "status", "flags"]]  # fmt: skip
     else:
-        table = pd.DataFrame(
-            [_mean_over_seeds(group, metrics) for _, group in shown.groupby(ENTRY_COLUMNS, dropna=False, sort=False)]
-        )
-    if args.sort not in table.columns:
-        raise UsageError(f"cannot sort by '{args.sort}' (columns: {', '.join(table.columns)})")
+        table = over_seeds(shown, ENTRY_COLUMNS, metrics)
+    sort = args.sort or ("worst_case" if args.by == "entry" else "robust_accuracy")
+    if sort not in table.columns:
+        hint = " (per-attack columns such as metrics: add --by attack)" if args.by == "entry" and sort in frame.columns else ""
+        raise UsageError(f"cannot sort by '{sort}'{hint} (columns: {', '.join(table.columns)})")
     # Rank within each threat setting: entries are comparable only at the same norm and eps.
     setting = ["dataset", "norm", "eps"]
-    ascending = args.ascending or not higher_is_better(args.sort, frame)
-    table = table.sort_values([*setting, args.sort], ascending=[True, True, True, ascending], kind="stable")
+    ascending = args.ascending or not higher_is_better(sort, frame)
+    table = table.sort_values([*setting, sort], ascending=[True, True, True, ascending], kind="stable")
     table.insert(0, "rank", table.groupby(setting, dropna=False).cumcount() + 1)
     table["flags"] = table["flags"].fillna("")
     with pd.option_context("display.width", 250, "display.max_rows", None, "display.max_columns", None):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"))
     if not args.per_seed:
-        print("robust_ci: 95% Student-t interval of the mean over seeds (Wilson interval for one seed)")
-    if outcomes is not None and (shown["attack"] == "worst-case").any():
+        interval = "ci_low, ci_high" if args.by == "entry" else "robust_ci"
+        print(f"{interval}: 95% Student-t interval of the mean over seeds, clipped to [0, 1] (Wilson interval for one seed)")
+    if args.by == "entry":
+        print("worst_case: robust accuracy when a sample counts as robust only if every attack failed on it; "
+              "then each attack's robust accuracy")  # fmt: skip
+        bounded = worst[worst["message"].str.startswith("lowest of")]
+        if len(bounded):
+            print(f"worst_case: {len(bounded)} rows without per-sample outcomes show the lowest attack's, an upper bound")
+    elif outcomes is not None and (shown["attack"] == WORST_CASE).any():
         print("worst-case: a sample counts as robust only if every attack of the leaderboard failed on it")
     raised = sorted({name for text in table["flags"] for name in text.split("; ") if name})
     for name in raised:
@@ -225,25 +244,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mean_over_seeds(group: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
-    """One entry averaged over its seeds, with an interval that covers the seed-to-seed spread."""
-    from harness.statistics import mean_interval
+def _entry_table(ok: pd.DataFrame, outcomes: pd.DataFrame | None, seed: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per (dataset, norm, eps, model, defense) (and seed): the worst case over the attacks
+    shown, with its interval, then each attack's robust accuracy; and the worst-case rows."""
+    from harness.review import over_seeds, worst_over_attacks
 
-    mean, low, high = mean_interval(group["robust_accuracy"].dropna().tolist())
-    if len(group) == 1:
-        low, high = group["robust_accuracy_ci_low"].iloc[0], group["robust_accuracy_ci_high"].iloc[0]
-    first = group.iloc[0]
-    return {
-        **{column: first[column] for column in ENTRY_COLUMNS},
-        "seeds": group["seed"].nunique(),
-        "clean_accuracy": group["clean_accuracy"].mean(),
-        "robust_accuracy": mean,
-        "robust_ci_low": low,
-        "robust_ci_high": high,
-        "attack_success_rate": group["attack_success_rate"].mean(),
-        **{m: group[m].mean() for m in metrics},
-        "flags": "; ".join(sorted({n for text in group["flags"].fillna("") for n in text.split("; ") if n})),
-    }
+    keys = ["dataset", "norm", "eps", "model", "defense", *seed]
+    worst, _ = worst_over_attacks(ok, outcomes)
+    table = over_seeds(worst, keys)
+    table = table.drop(columns=["attack_success_rate", *(["seeds"] if seed else [])])
+    table = table.rename(columns={"clean_accuracy": "clean", "robust_accuracy": "worst_case", "robust_ci_low": "ci_low",
+                                  "robust_ci_high": "ci_high"})  # fmt: skip
+    per_attack = ok.groupby([*keys, "attack"], dropna=False)["robust_accuracy"].mean().unstack("attack")
+    per_attack.columns = [f"{a} (attack)" if a in table.columns or a == "flags" else a for a in per_attack.columns]
+    raised = ok.groupby(keys, dropna=False)["flags"].agg(
+        lambda texts: "; ".join(sorted({n for text in texts.fillna("") for n in text.split("; ") if n}))
+    )
+    return table.join(per_attack, on=keys).join(raised, on=keys), worst
 
 
 LOWER_IS_BETTER = {"attack_success_rate", "train_seconds", "attack_seconds"}
@@ -295,47 +312,93 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if beyond.any() else 0
 
 
+SHORT_VERDICTS = {"no significant difference": "n.s."}
+LABEL_WIDTH = 24
+"""Labels longer than this are cut in the narrow ``compare`` table (``--wide`` prints them whole)."""
+
+
 def _print_comparison(table: pd.DataFrame, title: str, args: argparse.Namespace) -> None:
+    """The comparison as a table that fits the terminal (``--wide``: every column, whole), and the
+    footnotes that say how to read it."""
+    import shutil
+    import textwrap
+
     import pandas as pd
 
+    width = 10_000 if args.wide else shutil.get_terminal_size((120, 24)).columns
     print(title)
-    def interval(measure: str) -> pd.Series:
+
+    def interval(measure: str) -> list[str]:
         return [
             f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
             for d, lo, hi in zip(table[f"{measure}_diff"], table[f"{measure}_diff_low"], table[f"{measure}_diff_high"])
         ]
 
+    def verdict(measure: str) -> pd.Series:
+        """The verdict, marked when it calls a difference that the interval over seeds does not exclude."""
+        crossing = table[f"{measure}_verdict"].isin(["better", "worse"]) & (table[f"{measure}_diff_low"] <= 0) & (
+            table[f"{measure}_diff_high"] >= 0
+        )
+        text = table[f"{measure}_verdict"] if args.wide else table[f"{measure}_verdict"].replace(SHORT_VERDICTS)
+        return text + crossing.map({True: "*", False: ""})
+
+    def label(values: pd.Series) -> pd.Series:
+        text = values.astype(str)
+        return text if args.wide else text.map(lambda t: t if len(t) <= LABEL_WIDTH else t[: LABEL_WIDTH - 2] + "..")
+
     columns = [c for c in ("dataset", "model", "defense", "attack", "norm", "eps") if c != args.by]
     constant = [c for c in columns if c != "eps" and table[c].nunique() == 1]
-    if constant:
-        print("for " + ", ".join(f"{c} = {table[c].iloc[0]}" for c in constant))
+    seeds = f", {table['seeds'].iloc[0]} seeds" if table["seeds"].nunique() == 1 and not args.wide else ""
+    if constant or seeds:
+        print("for " + ", ".join(f"{c} = {table[c].iloc[0]}" for c in constant) + seeds)
     columns = [c for c in columns if c not in constant]
-    people = table[columns].copy()
-    people.insert(len(columns), "candidate", table["candidate"])
-    people["seeds"] = table["seeds"]
+    people = pd.DataFrame({c: table[c] if c == "eps" else label(table[c]) for c in columns})
+    people["candidate"] = label(table["candidate"])
+    if not seeds:
+        people["seeds"] = table["seeds"]
     people["clean diff [95% CI]"] = interval("clean")
-    people["clean verdict"] = table["clean_verdict"]
-    people["robust base"] = table["robust_baseline"].map("{:.3f}".format)
-    people["robust cand"] = table["robust_candidate"].map("{:.3f}".format)
+    verdicts = {measure: verdict(measure) for measure in ("clean", "robust")}
+    people["clean verdict" if args.wide else "clean"] = verdicts["clean"]
+    people["robust base" if args.wide else "base"] = table["robust_baseline"].map("{:.3f}".format)
+    people["robust cand" if args.wide else "cand"] = table["robust_candidate"].map("{:.3f}".format)
     people["robust diff [95% CI]"] = interval("robust")
-    people["test"] = table["robust_test"]
+    people["test"] = table["robust_test"] if args.wide else table["robust_test"].str.split(" ").str[0]
     people["p (Holm)"] = table["robust_p_holm"].map(lambda v: "-" if v != v else f"{v:.3g}")
-    people["verdict"] = table["robust_verdict"]
+    people["verdict" if args.wide else "robust"] = verdicts["robust"]
     if "within_tolerance" in table:
         people["within tolerance"] = table["within_tolerance"]
-    shared_note = table["note"].iloc[0] if table["note"].nunique() == 1 else ""
-    if table["note"].astype(bool).any() and not shared_note:
-        people["note"] = table["note"]
-    with pd.option_context("display.width", 300, "display.max_rows", None, "display.max_columns", None, "display.max_colwidth", 80):
-        print(people.to_string(index=False))
+    notes = table["note"].fillna("")
+    shared_note = notes.iloc[0] if notes.nunique() == 1 else ""
+    numbered = {note: f"[{i}]" for i, note in enumerate(dict.fromkeys(n for n in notes if n), 1)}
+    if notes.astype(bool).any() and not shared_note:
+        people["note"] = notes if args.wide else notes.map(lambda n: numbered.get(n, ""))
+    clean = ["clean diff [95% CI]", "clean"]
+    per_model = [c for c in people.columns if c in ("dataset", "model", "defense", "candidate", "seeds")]
+    if not args.wide and len(people[per_model + clean].drop_duplicates()) == len(people[per_model].drop_duplicates()):
+        # clean accuracy is a trained model's: one line per candidate model, not one per attack and eps
+        print(people[per_model + clean].drop_duplicates().to_string(index=False, line_width=width) + "\n")
+        people = people.drop(columns=clean)
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.max_colwidth", None):
+        print(people.to_string(index=False, line_width=width))
     if shared_note:
         print(f"note (every row): {shared_note}")
+    elif not args.wide:
+        for note, mark in numbered.items():
+            print(f"{mark} {note}")
+    if not args.wide and any(v.str.startswith("n.s.").any() for v in verdicts.values()):
+        print("n.s.: no significant difference")
+    if any(v.str.endswith("*").any() for v in verdicts.values()):
+        print(textwrap.fill(
+            "*: significant, but the 95% interval crosses zero: the test pools the per-sample outcomes of the seeds "
+            "(these trained models, these samples), the interval is over seeds (another seed may disagree)", width=width
+        ))  # fmt: skip
     tested = int(table["robust_p"].notna().sum())
-    print(
+    print(textwrap.fill(
         f"\nverdict: candidate against baseline at alpha {args.alpha:g}, Holm-corrected over the {tested} tested comparisons "
         "of each column; test: Wilcoxon signed-rank over seeds when it can reach alpha (6+ seeds), else exact McNemar "
-        "on the per-sample outcomes pooled over seeds; interval: Student-t over per-seed differences (Newcombe for one seed)"
-    )
+        "on the per-sample outcomes pooled over seeds; interval: Student-t over per-seed differences (Newcombe for one seed)",
+        width=width, replace_whitespace=False,
+    ))  # fmt: skip
     if "within_tolerance" in table:
         largest = table[["clean_diff", "robust_diff"]].abs().max().max()
         print(f"{int(table['within_tolerance'].sum())} of {len(table)} common entries within {args.tolerance:g} (largest difference {largest:.4f})")
@@ -385,11 +448,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from harness.plots import plot_leaderboard
 
-    plots = plot_leaderboard(args.csv, args.output or args.csv.parent / f"{args.csv.stem}-plots")
+    filters = {column: getattr(args, column) for column in ("model", "defense", "attack")}
+    plots = plot_leaderboard(args.csv, args.output or args.csv.parent / f"{args.csv.stem}-plots", filters)
     for note in plots.skipped:
         print(f"harness: skipped {note}", file=sys.stderr)
     for path in plots.written:
         print(path)
+    return 0
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    from harness.site import build_site
+
+    pages = build_site(args.csv, args.output, warn_on_stderr)
+    print(f"{args.output / 'index.html'} ({len(pages)} pages)")
     return 0
 
 
@@ -401,6 +473,27 @@ def device_name(text: str) -> str:
     if not DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"unknown device {text!r}: use auto, cpu, cuda, cuda:N or mps")
     return text
+
+
+def positive_int(text: str) -> int:
+    """A count such as ``--threads``: a whole number of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def positive_number(text: str) -> float:
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    value = _number(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
+    return value
 
 
 def significance_level(text: str) -> float:
@@ -452,7 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     run.add_argument("--wait", action="store_true", help="wait for another run writing the same output, instead of failing")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bars (default: when stderr is a terminal)")  # fmt: skip
+                     help="progress bars even without a terminal, or nothing (default: bars on a terminal, "
+                     "else a plain line per finished model and, between them, every 30 s or so)")  # fmt: skip
+    run.add_argument("--threads", type=positive_int, metavar="N",
+                     help="torch threads (default: $OMP_NUM_THREADS, else the cores this process may use)")  # fmt: skip
     run.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override the suite: a top-level key (n_samples=50) or SECTION.LABEL.PARAM (models.mlp.epochs=2, "
@@ -462,6 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--plan", action="store_true",
         help="compute nothing: print the cells already done and the models and attack runs to compute or load",
     )  # fmt: skip
+    ray = run.add_argument_group("Ray (robustness-harness[ray]; see 'Running on a cluster' in the README)")
+    ray.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="compute in this process (default) or as Ray tasks")  # fmt: skip
+    ray.add_argument("--address", help="a Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT "
+                     "(default: start a local Ray runtime)")  # fmt: skip
+    ray.add_argument("--workers", type=positive_int, metavar="N",
+                     help="at most N tasks at once (default: as many as the cluster's CPUs allow)")  # fmt: skip
+    ray.add_argument("--cpus-per-task", type=positive_number, default=1.0, metavar="C",
+                     help="CPUs per task; its torch threads (default: 1)")  # fmt: skip
+    ray.add_argument("--gpus-per-task", type=non_negative_number, default=0.0, metavar="G",
+                     help="GPUs per task; fractions share one (default: 0)")  # fmt: skip
     run.set_defaults(handler=cmd_run)
 
     show = commands.add_parser("show", help="a ranked table of a leaderboard, averaged over seeds")
@@ -470,7 +577,12 @@ def build_parser() -> argparse.ArgumentParser:
         show.add_argument(f"--{column}", action="append", help=f"keep only this {column} (repeatable)")
     show.add_argument("--eps", action="append", type=float, help="keep only this eps (repeatable)")
     show.add_argument("--status", default="ok", choices=["ok", "skipped", "error", "all"], help="default: ok")
-    show.add_argument("--sort", default="robust_accuracy", help="column to rank by, best first (default: robust_accuracy)")
+    show.add_argument(
+        "--by", choices=["entry", "attack"], default="entry",
+        help="entry: a row per (model, defense), ranked by the worst case over the attacks, then each attack's "
+        "robust accuracy (default); attack: a row per attack, and the worst case as one more",
+    )  # fmt: skip
+    show.add_argument("--sort", help="column to rank by, best first (default: worst_case, or robust_accuracy with --by attack)")
     show.add_argument("--ascending", action="store_true", help="rank from the lowest value, whatever is better")
     show.add_argument("--per-seed", action="store_true", help="one row per seed instead of the mean over seeds")
     show.set_defaults(handler=cmd_show)
@@ -492,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     output = compare.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the full table as JSON records")
     output.add_argument("--csv", action="store_true", help="print the full table as CSV")
+    output.add_argument("--wide", action="store_true", help="print every column whole, however wide (default: fit the terminal)")
     compare.set_defaults(handler=cmd_compare)
 
     plot = commands.add_parser("plot", help="PNG figures: robust accuracy against eps, perturbation sizes")
@@ -499,7 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument(
         "--output", "-o", type=Path, metavar="DIR", help="folder for the figures (default: <csv stem>-plots beside the CSV)"
     )
+    for column in ("model", "defense", "attack"):
+        plot.add_argument(f"--{column}", action="append", help=f"draw only this {column} (repeatable)")
     plot.set_defaults(handler=cmd_plot)
+
+    site = commands.add_parser("site", help="a static website of leaderboards: sortable tables, entry pages, figures")
+    site.add_argument("csv", type=Path, nargs="+", help="leaderboard CSVs (their outcomes files are read when beside them)")
+    site.add_argument("--output", "-o", type=Path, default=Path("site"), metavar="DIR", help="folder of the site (default: site)")
+    site.set_defaults(handler=cmd_site)
 
     validate = commands.add_parser("validate", help="check a suite (.toml) or a leaderboard (.csv)")
     validate.add_argument("file", type=Path)
@@ -523,12 +643,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (`harness plugins | head`); an OSError, so caught first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # a file that cannot be read or written, wherever it was met
         print(f"harness: error: {describe(exc)}", file=sys.stderr)
         return UsageError.exit_code
-    except BrokenPipeError:  # the reader went away (`harness plugins | head`)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
     except KeyboardInterrupt:
         print("harness: interrupted; finished cells are saved, run the same command again to resume", file=sys.stderr)
         return 130

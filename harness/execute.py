@@ -8,6 +8,7 @@ cell and yields its measurements; the caller persists the rows. Kept apart from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import platform
@@ -75,7 +76,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for a run, and set back after it, so that a
+    notebook calling the API keeps its own. Inter-op threads are left alone: torch lets a process
+    set them once, before any parallel work, which a library called in-process cannot promise,
+    and the harness's work (batched tensor operations) runs on intra-op threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def describe_device(device: torch.device) -> str:
+    """The ``device`` column: the GPU's name, or the CPU's with torch's threads."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     model_name = platform.processor() or ""
@@ -84,7 +100,9 @@ def describe_device(device: torch.device) -> str:
             model_name = next((ln.split(":", 1)[1].strip() for ln in handle if ln.startswith("model name")), model_name)
     except OSError:
         pass
-    return f"cpu ({model_name}, {torch.get_num_threads()} threads)" if model_name else "cpu"
+    threads = torch.get_num_threads()
+    counted = f"{threads} thread{'s' if threads != 1 else ''}"
+    return f"{device.type} ({model_name}, {counted})" if model_name else f"{device.type} ({counted})"
 
 
 def _version(distribution: str) -> str:

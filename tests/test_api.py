@@ -23,8 +23,9 @@ def tiny(tmp_path, monkeypatch):
 
 
 def test_run_returns_the_leaderboard_it_writes_and_prints_nothing(tiny, capsys):
-    frame = harness.run(tiny)
+    frame = harness.run(tiny, threads=1)
     assert len(frame) == 8 and (frame["status"] == "ok").all()
+    assert frame["device"].str.endswith(" 1 thread)").all()
     assert harness.read(tiny.with_suffix(".csv")).equals(frame)
     assert capsys.readouterr() == ("", "")
     table = harness.compare(tiny.with_suffix(".csv"), by="model", baseline="mlp")
@@ -46,6 +47,8 @@ def test_errors_are_raised_not_exited(tiny, tmp_path):
     with pytest.raises(ValidationError) as raised:
         harness.run({**tomllib.loads(tiny.read_text()), "n_sample": 3})
     assert any("did you mean 'n_samples'" in p for p in raised.value.problems)
+    with pytest.raises(UsageError, match="threads must be a whole number"):
+        harness.run(tiny, threads=0)
     with pytest.raises(UsageError, match="no such suite file"):
         harness.run(tmp_path / "absent.toml")
     harness.run(tiny)

@@ -32,18 +32,19 @@ LIGHT_COMMANDS = [
     ["show", "{csv}"],
     ["compare", "{csv}", "{csv}"],
     ["plot", "{csv}"],
+    ["site", "{csv}", "--output", "{csv}-site"],
     ["validate", "{csv}"],
     ["validate", str(ROOT / "leaderboards" / "digits.toml")],
 ]
 
 
 @pytest.mark.parametrize("command", LIGHT_COMMANDS, ids=lambda c: " ".join(c[:2]).replace("{csv}", "csv"))
-def test_light_commands_do_not_import_torch_or_art(leaderboard, command):
+def test_light_commands_do_not_import_torch_art_or_scipy(leaderboard, command):
     args = [a.format(csv=leaderboard) for a in command]
     code = (
         "import sys\nfrom harness.cli import main\n"
         f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
-        "heavy = sorted(m for m in ('torch', 'art', 'sklearn') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'art', 'sklearn', 'scipy') if m in sys.modules)\n"
         "print('HEAVY', heavy, file=sys.stderr)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -81,8 +82,8 @@ def test_plugins_params_lists_types_defaults_and_choices(cli):
     assert all("params" not in p for p in json.loads(out))
 
 
-def test_show_ranks_within_each_threat_setting(cli, leaderboard):
-    code, out, _ = cli("show", leaderboard)
+def test_show_by_attack_ranks_within_each_threat_setting(cli, leaderboard):
+    code, out, _ = cli("show", leaderboard, "--by", "attack")
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["rank", "dataset", "model"]
@@ -90,11 +91,36 @@ def test_show_ranks_within_each_threat_setting(cli, leaderboard):
     assert len(rows) == 6 and all(r[7] == "2" for r in rows)  # two seeds averaged
     assert [r[0] for r in rows] == ["1", "2", "3", "1", "2", "3"]
     assert [r[4] for r in rows if r[0] == "3"] == ["worst-case", "worst-case"]  # never above an attack
-    assert "robust_ci: 95% Student-t interval of the mean over seeds" in out
-    code, out, _ = cli("show", leaderboard, "--attack", "pgd", "--per-seed", "--eps", "0.3")
+    assert "robust_ci: 95% Student-t interval of the mean over seeds, clipped to [0, 1]" in out
+    code, out, _ = cli("show", leaderboard, "--by", "attack", "--attack", "pgd", "--per-seed", "--eps", "0.3")
     assert code == 0 and len([ln for ln in out.splitlines() if ln.split()[0].isdigit()]) == 2 and "fgsm" not in out
     code, _, err = cli("show", leaderboard, "--sort", "nope")
     assert code == 2 and "cannot sort by 'nope'" in err
+
+
+def test_show_ranks_entries_by_the_worst_case_over_attacks(cli, tmp_path):
+    from test_plots import cells
+
+    from harness.outcomes import outcomes_path, write_outcomes
+
+    rows, outcomes = zip(*cells())
+    path = tmp_path / "board.csv"
+    write_outcomes(outcomes, outcomes_path(path))
+    write_leaderboard(rows, path)
+    code, out, _ = cli("show", path, "--norm", "linf")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["rank", "dataset", "norm", "eps", "model", "defense", "seeds", "clean", "worst_case",
+                                "ci_low", "ci_high", "fgsm", "pgd", "flags"]  # fmt: skip
+    table = {(r[3], r[4]): r for r in (line.split() for line in lines[1:]) if r and r[0].isdigit()}
+    # at eps 0.2 the CNN ranks first on the worst case (0.15 against 0), though the MLP's PGD alone keeps 0.25
+    assert table[("0.2000", "cnn")][0] == "1" and table[("0.2000", "mlp")][0] == "2"
+    assert table[("0.2000", "mlp")][8] == "0.0000" and table[("0.2000", "mlp")][12] == "0.2500"
+    assert table[("0.2000", "cnn")][11] == "-"  # no FGSM on the CNN: its only attack is its worst case
+    assert "worst_case: robust accuracy when a sample counts as robust only if every attack failed on it" in out
+    outcomes_path(path).unlink()
+    code, out, _ = cli("show", path, "--norm", "linf", "--eps", "0.2")
+    assert code == 0 and "worst_case: 3 rows without per-sample outcomes show the lowest attack's, an upper bound" in out
 
 
 def test_compare_aligns_entries_and_lists_one_sided_ones(cli, leaderboard, tmp_path):

@@ -151,12 +151,15 @@ def test_metrics_of_every_scope_and_attack_extras(cli, write_suite, tmp_path):
     assert frame["metric_failing"].isna().all()
     assert frame["message"].str.contains("metric 'failing' failed: ValueError: metric is broken").all()
     # show ranks a lower-is-better metric from the lowest
-    code, out, _ = cli("show", suite.with_suffix(".csv"), "--sort", "metric_flip_rate", "--eps", "0.1")
+    code, _, err = cli("show", suite.with_suffix(".csv"), "--sort", "metric_flip_rate")
+    assert code == 2 and "per-attack columns such as metrics: add --by attack" in err
+    code, out, _ = cli("show", suite.with_suffix(".csv"), "--by", "attack", "--sort", "metric_flip_rate", "--eps", "0.1")
     assert code == 0
     lines = out.splitlines()
     column = lines[0].split().index("metric_flip_rate")
-    values = [float(line.split()[column]) for line in lines[1:] if line.split()[0].isdigit()]
-    assert len(values) == 3 and values == sorted(values)
+    parsed = [line.split() for line in lines[1:] if line.split() and line.split()[0].isdigit()]
+    values = [float(row[column]) for row in parsed if row[column] != "-"]  # "-": the worst case has no metric
+    assert len(values) == 2 and values == sorted(values)  # fgsm and targeted; then the worst case
 
 
 def test_adding_a_metric_neither_reruns_nor_changes_the_attack(cli, write_suite):

@@ -1,0 +1,141 @@
+"""The Ray executor: the same leaderboard and outcomes as in process, on a local runtime and on a
+two-node cluster that loses a node mid-run; bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+import harness
+from harness.cli import main
+from harness.journal import journal_path
+from harness.leaderboard import read_leaderboard
+from harness.outcomes import outcomes_path, read_outcomes
+
+ray = pytest.importorskip("ray", reason="the Ray executor needs the extra: pip install -e '.[ray]'")
+
+pytestmark = pytest.mark.ray
+
+RESULTS = ["dataset", "model", "defense", "attack", "eps", "cell_id", "status", "clean_accuracy", "robust_accuracy",
+           "attack_success_rate", "mean_perturbation_l2", "train_seconds"]  # fmt: skip
+SUITE = """
+name = "spread"
+seeds = [0, 1, 2]
+n_samples = 40
+batch_size = 20
+
+[[datasets]]
+name = "digits"
+test_size = 100
+
+[[models]]
+name = "mlp"
+hidden = [16]
+epochs = 2
+
+[[models]]
+name = "cnn"
+channels = [4]
+hidden = 8
+epochs = 1
+
+[[attacks]]
+name = "fgsm"
+eps = [0.1, 0.3]
+
+[[attacks]]
+name = "pgd"
+max_iter = 3
+eps = [0.1]
+
+[[attacks]]
+name = "transfer"
+source = "mlp"
+eps = [0.2]
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_runtime_left():
+    yield
+    if ray is not None:
+        ray.shutdown()
+
+
+def _same(csv, reference) -> None:
+    """Same rows in the same order (training times too: the models come from one cache) and
+    byte-identical outcomes."""
+    ours, theirs = read_leaderboard(csv), read_leaderboard(reference)
+    pd.testing.assert_frame_equal(ours[RESULTS], theirs[RESULTS])
+    pd.testing.assert_frame_equal(read_outcomes(outcomes_path(csv)), read_outcomes(outcomes_path(reference)))
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("in-process")
+    suite = folder / "spread.toml"
+    suite.write_text(SUITE)
+    assert main(["run", str(suite), "--cache-dir", str(folder / "cache")]) == 0
+    return suite, folder / "cache"
+
+
+def test_a_local_runtime_gives_the_rows_and_outcomes_of_an_in_process_run(in_process, tmp_path):
+    suite, cache = in_process
+    output = tmp_path / "ray.csv"
+    code = main(["run", str(suite), "--cache-dir", str(cache), "--output", str(output), "--executor", "ray",
+                 "--workers", "2"])  # fmt: skip
+    assert code == 0
+    _same(output, suite.with_suffix(".csv"))
+
+
+def test_a_cluster_that_loses_a_node_mid_run_completes_with_the_same_rows(in_process, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    suite, _ = in_process
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    output = tmp_path / "cluster.csv"
+    run = threading.Thread(
+        target=harness.run,
+        args=(suite,),
+        kwargs={"output": output, "cache_dir": tmp_path / "cache", "executor": "ray", "address": cluster.address},
+    )
+    journal = journal_path(output)
+    try:
+        run.start()
+        deadline = time.monotonic() + 300
+        while not list(journal.glob("*.cell")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster.remove_node(worker)
+        finished_before = len(list(journal.glob("*.cell")))
+        run.join(timeout=600)
+        assert not run.is_alive()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert 0 < finished_before < 24, "the node was removed mid-run"
+    reference = read_leaderboard(suite.with_suffix(".csv"))
+    ours = read_leaderboard(output)
+    assert (ours["status"] == "ok").all()
+    pd.testing.assert_frame_equal(ours[RESULTS[:-1]], reference[RESULTS[:-1]])  # models retrained: other times
+
+
+def test_bad_input_is_one_line_and_exit_2(in_process, tmp_path, capsys):
+    suite, cache = in_process
+    code = main(["run", str(suite), "--cache-dir", str(cache), "--output", str(tmp_path / "x.csv"),
+                 "--executor", "ray", "--address", "127.0.0.1:9"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "harness: error: cannot reach the Ray cluster at 127.0.0.1:9: nothing answers there (Connection refused)"
+
+
+def test_without_the_extra_the_executor_is_one_line_and_exit_2(in_process, tmp_path, capsys, monkeypatch):
+    suite, cache = in_process
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an import of a package not installed meets
+    code = main(["run", str(suite), "--cache-dir", str(cache), "--output", str(tmp_path / "x.csv"), "--executor", "ray"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "harness: error: --executor ray needs Ray: pip install 'robustness-harness[ray]'"
