@@ -139,3 +139,51 @@ def test_without_the_extra_the_executor_is_one_line_and_exit_2(in_process, tmp_p
     code = main(["run", str(suite), "--cache-dir", str(cache), "--output", str(tmp_path / "x.csv"), "--executor", "ray"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "harness: error: --executor ray needs Ray: pip install 'robustness-harness[ray]'"
+
+
+def test_a_node_with_other_plugin_code_is_refused_before_any_work(in_process):
+    """check_nodes compares each node's components with the driver's: a node that lacks one or
+    has another source fingerprint is named in one error (a fake cluster of two nodes)."""
+    from harness.distributed import WorkerSettings, check_nodes
+    from harness.errors import UsageError
+    from harness.plugins import load_plugins
+    from harness.suite import parse_suite, read_suite_file
+
+    suite_path, _ = in_process
+    suite = parse_suite(read_suite_file(suite_path), suite_path, load_plugins())
+    settings = WorkerSettings((), (), "cpu", "/cache", "/data", 20, 1)
+
+    class FakeRay:
+        """Two nodes: 10.0.0.1 as the driver, 10.0.0.2 with another fgsm and without pgd."""
+
+        def nodes(self):
+            return [{"Alive": True, "NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1"},
+                    {"Alive": True, "NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"}]  # fmt: skip
+
+        def remote(self, **_):
+            def wrap(function):
+                class Remote:
+                    def options(self, scheduling_strategy):
+                        self.node = scheduling_strategy.node_id
+                        return self
+
+                    def remote(self, settings, wanted):
+                        found = function(settings, wanted)
+                        if self.node.startswith("b"):
+                            found[("attack", "fgsm")] = (*found[("attack", "fgsm")][:2], "0123456789abcdef")
+                            del found[("attack", "pgd")]
+                        return found
+
+                return Remote()
+
+            return wrap
+
+        def get(self, value):
+            return value
+
+    with pytest.raises(UsageError) as raised:
+        check_nodes(FakeRay(), suite, settings)
+    message = str(raised.value)
+    assert "10.0.0.1" not in message and len(message.splitlines()) == 1
+    assert "node 10.0.0.2: attack 'fgsm'" in message and "(source 0123456789abcdef)" in message
+    assert "node 10.0.0.2: attack 'pgd'" in message and "the node lacks it" in message
