@@ -17,7 +17,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from harness.registry import (
     did_you_mean,
     is_numeric_default,
     isolated,
+    make_importable,
 )
 
 REGISTRATION_HOOKS = {kind: f"register_{kind}s" for kind in KINDS}
@@ -66,7 +66,7 @@ def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = 
 
     ``plugin_args`` are ``-p`` values: ``MODULE`` loads a module as a plugin, ``no:NAME`` blocks
     the plugin NAME; a module that is not installed is also looked up in ``search_path`` (see
-    :func:`make_importable`). Only a ``-p`` module that does not exist raises (a
+    :func:`harness.registry.make_importable`). Only a ``-p`` module that does not exist raises (a
     :class:`UsageError`: a typo); a broken plugin is listed with its error and left out, and the
     others still work.
     """
@@ -121,26 +121,6 @@ def load_plugins(plugin_args: Iterable[str] = (), search_path: Iterable[Path] = 
     _isolate_lifecycle_hooks(pm)
     registry.plugins = sorted(infos.values(), key=lambda p: p.name)
     return registry
-
-
-def make_importable(module_names: Iterable[str], search_path: Iterable[Path]) -> None:
-    """Let each named module (a plugin, a checkpoint's factory) that is not installed be imported from the first folder of
-    ``search_path`` that holds it, by appending that folder to ``sys.path``.
-
-    Appending, as pytest's ``--import-mode=append`` does, keeps installed packages first: a
-    ``tqdm.py`` or ``pandas.py`` beside a suite can never shadow the real one. A folder is added
-    only for a module that a suite or ``-p`` names, so a folder that holds none adds nothing.
-    """
-    directories = [Path(d) for d in search_path]
-    for module_name in module_names:
-        top = module_name.partition(".")[0]
-        if not top.isidentifier() or top in sys.modules or importlib.util.find_spec(top) is not None:
-            continue  # installed (or already imported) wins; an invalid name fails at import, as a typo
-        for directory in directories:
-            if (directory / f"{top}.py").is_file() or (directory / top).is_dir():
-                if str(directory) not in sys.path:
-                    sys.path.append(str(directory))
-                break
 
 
 def _blocked_names(plugin_args: Iterable[str]) -> set[str]:

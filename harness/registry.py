@@ -11,9 +11,11 @@ import functools
 import importlib
 import importlib.util
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.errors import UsageError, one_line
@@ -339,6 +341,26 @@ def type_name(default: Any) -> str:
 
 def _with_article(noun: str) -> str:
     return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def make_importable(module_names: Iterable[str], search_path: Iterable[Path]) -> None:
+    """Let each named module (a plugin, a checkpoint's factory) that is not installed be imported from the first folder of
+    ``search_path`` that holds it, by appending that folder to ``sys.path``.
+
+    Appending, as pytest's ``--import-mode=append`` does, keeps installed packages first: a
+    ``tqdm.py`` or ``pandas.py`` beside a suite can never shadow the real one. A folder is added
+    only for a module that a suite or ``-p`` names, so a folder that holds none adds nothing.
+    """
+    directories = [Path(d) for d in search_path]
+    for module_name in module_names:
+        top = module_name.partition(".")[0]
+        if not top.isidentifier() or top in sys.modules or importlib.util.find_spec(top) is not None:
+            continue  # installed (or already imported) wins; an invalid name fails at import, as a typo
+        for directory in directories:
+            if (directory / f"{top}.py").is_file() or (directory / top).is_dir():
+                if str(directory) not in sys.path:
+                    sys.path.append(str(directory))
+                break
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:

@@ -17,7 +17,16 @@ from typing import Any
 
 from harness.errors import UsageError, ValidationError
 from harness.leaderboard import text_problem
-from harness.registry import CodeRef, Component, ComponentTable, EntryRef, FilePath, Registry, did_you_mean
+from harness.registry import (
+    CodeRef,
+    Component,
+    ComponentTable,
+    EntryRef,
+    FilePath,
+    Registry,
+    did_you_mean,
+    make_importable,
+)
 
 SECTIONS = {"datasets": "dataset", "models": "model", "defenses": "defense", "attacks": "attack", "metrics": "metric"}
 TOP_LEVEL_KEYS = {"name", "description", "seeds", "n_samples", "batch_size", "draws", "plugins", *SECTIONS}
@@ -499,7 +508,6 @@ def _code_digest(reference: str, folder: Path) -> str:
     import importlib.util
 
     from harness.fingerprint import source_fingerprint
-    from harness.plugins import make_importable
 
     module, colon, attribute = reference.partition(":")
     if not (colon and attribute and all(part.isidentifier() for part in [*module.split("."), *attribute.split(".")])):
