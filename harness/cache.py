@@ -27,12 +27,13 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import one_line
 from harness.files import describe, probe_folder, write_atomically
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = 3  # 3: entries carry a digest of their tensors
 KINDS = ("models", "heads", "attacks")
@@ -52,6 +53,8 @@ def digest(tensors: Mapping[str, torch.Tensor]) -> str:
     """The sha256 (hex) of named tensors: for each name in sorted order, the name, dtype and shape
     and the tensor's raw bytes (of its contiguous CPU copy, viewed as bytes, so every dtype works:
     bool, bfloat16, complex, empty and zero-dimensional tensors alike)."""
+    import torch
+
     hasher = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().resolve_conj().resolve_neg().contiguous()
@@ -95,6 +98,8 @@ class ArtifactCache:
         try:
             if not path.exists():
                 return None
+            import torch
+
             payload = torch.load(path, map_location="cpu", weights_only=True)
             meta = json.loads(payload["meta"])
             if meta.get("format") != FORMAT:
@@ -119,6 +124,8 @@ class ArtifactCache:
         cpu = {name: tensor.detach().cpu() for name, tensor in tensors.items()}
         text = json.dumps({**meta, "format": FORMAT, "config": config, "digest": digest(cpu)})
         buffer = io.BytesIO()
+        import torch
+
         torch.save({"tensors": cpu, "meta": text}, buffer)
         try:
             write_atomically(self.path(kind, key), buffer.getvalue())

@@ -16,7 +16,7 @@ process, and is never retried. Each task runs torch with the threads of its CPUs
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ class WorkerSettings:
     data_dir: str
     batch_size: int
     threads: int
-    warnings: list[str] = field(default_factory=list)
 
 
 def connect(options: RayOptions) -> tuple[Any, bool]:
@@ -144,11 +143,13 @@ def compute(
         "max_retries": RETRIES,
         "retry_exceptions": False,
     }
+    from harness.execute import grouped
+
     train = ray.remote(**remote)(_train_group)
     attack = ray.remote(**remote)(_compute_cells)
     pending: dict[Any, list[Cell]] = {}
     limit = options.workers or None
-    queue = [(group, sweep) for group in groups for sweep in _sweeps(group)]
+    queue = [(group, sweep) for group in groups for sweep in grouped(group, key=lambda cell: cell.attack.label)]
     trained: dict[str, Any] = {}
     try:
         while queue or pending:
@@ -171,13 +172,6 @@ def compute(
         for future in [*pending, *trained.values()]:
             ray.cancel(future, force=True)
         raise
-
-
-def _sweeps(group: list[Cell]) -> list[list[Cell]]:
-    sweeps: dict[str, list[Cell]] = {}
-    for cell in group:
-        sweeps.setdefault(cell.attack.label, []).append(cell)
-    return list(sweeps.values())
 
 
 def _results(
@@ -203,8 +197,8 @@ def _results(
 # --- what runs on the workers ------------------------------------------------------------------
 
 
-def _workspace(settings: WorkerSettings) -> Any:
-    """The driver's workspace, rebuilt on the worker's node, reporting warnings into ``settings``."""
+def _workspace(settings: WorkerSettings, warn: Callable[[str], None]) -> Any:
+    """The driver's workspace, rebuilt on the worker's node, reporting warnings to ``warn``."""
     import torch
 
     from harness.cache import ArtifactCache
@@ -213,8 +207,7 @@ def _workspace(settings: WorkerSettings) -> Any:
 
     torch.set_num_threads(settings.threads)
     registry = load_plugins(settings.plugins, [Path(p) for p in settings.search_path])
-    warnings = settings.warnings
-    cache = ArtifactCache(Path(settings.cache_dir), warnings.append)
+    cache = ArtifactCache(Path(settings.cache_dir), warn)
     return Workspace(
         registry=registry,
         device=resolve_device(settings.device),
@@ -222,18 +215,16 @@ def _workspace(settings: WorkerSettings) -> Any:
         data_dir=Path(settings.data_dir),
         batch_size=settings.batch_size,
         progress=lambda iterable, description: iterable,
-        warn=warnings.append,
+        warn=warn,
     )
 
 
 def _train_group(cell: Cell, settings: WorkerSettings) -> None:
     """Train (or load) the cell's model and fit its head, into the shared cache; a failure is
-    left for the attack tasks, which meet it again and write it as their cells' error."""
-    from harness.execute import Skip
-
+    left for the attack tasks, which meet it again (a skip too) and write it as their cells' rows."""
     try:
-        _workspace(settings).trained(cell)
-    except (Skip, Exception):
+        _workspace(settings, lambda message: None).trained(cell)
+    except Exception:
         pass
 
 
@@ -244,10 +235,10 @@ def _compute_cells(
     a dependency only), the warnings it raised and the node's environment for its rows."""
     from harness.execute import compute_group, environment_provenance
 
-    settings = WorkerSettings(**{**settings.__dict__, "warnings": []})
-    workspace = _workspace(settings)
+    warnings: list[str] = []
+    workspace = _workspace(settings, warnings.append)
     results = list(compute_group(cells, workspace, on_start=lambda cell: None))
-    return results, settings.warnings, environment_provenance(workspace.device)
+    return results, warnings, environment_provenance(workspace.device)
 
 
 def _identities(suite: Suite) -> dict[tuple[str, str], tuple[str, str, str]]:

@@ -536,7 +536,7 @@ def compute_group(cells: Sequence[Cell], workspace: Workspace, on_start: Callabl
         yield from (CellResult(cell, "error", message) for cell in cells)
         return
     metrics = _Metrics(workspace, first.metrics, trained)
-    for sweep in _grouped(cells, key=lambda c: c.attack.label):
+    for sweep in grouped(cells, key=lambda c: c.attack.label):
         yield from _compute_sweep(sweep, workspace, trained, metrics, on_start, announced=first)
 
 
@@ -704,7 +704,7 @@ def scores(outcome: CellOutcome) -> dict[str, Any]:
     }
 
 
-def _grouped(items: Iterable[T], key: Callable[[T], Any]) -> list[list[T]]:
+def grouped(items: Iterable[T], key: Callable[[T], Any]) -> list[list[T]]:
     """Items grouped by key, groups in order of first appearance."""
     groups: dict[Any, list[T]] = {}
     for item in items:

@@ -1,8 +1,8 @@
 """What a run would do (``harness run SUITE --plan``), found without computing or importing torch.
 
 The cells already done are the runner's (:func:`harness.runner.read_previous`), and the work the
-others need is read off the cache's file names (``<cache>/<kind>/<key>.pt``): an entry that
-exists is counted as loaded, though a damaged one would be recomputed.
+others need is read off the cache's entries (:meth:`harness.cache.ArtifactCache.path`): an entry
+that exists is counted as loaded, though a damaged one would be recomputed.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.cache import ArtifactCache
 from harness.runner import pending_cells, read_previous, warn_on_stderr
 from harness.suite import Suite
 
@@ -45,6 +46,7 @@ def plan_run(
 ) -> Plan:
     """What ``run_suite`` would compute for ``suite`` into ``output`` with the cache ``cache_dir``."""
     cells = suite.cells()
+    cache = ArtifactCache(cache_dir, warn)
     pending = pending_cells(suite, cells, {} if force else read_previous(cells, output, warn).rows)
     trainings = {
         cell.training_key: TrainingPlan(
@@ -52,13 +54,13 @@ def plan_run(
             cell.model.label,
             cell.defense.label,
             cell.seed,
-            (cache_dir / "models" / f"{cell.training_key}.pt").exists(),
+            cache.path("models", cell.training_key).exists(),
         )
         for cell in pending
     }
     runs = {
         cell.run_key(minimal_norm=False): any(
-            (cache_dir / "attacks" / f"{cell.run_key(minimal)}.pt").exists() for minimal in (False, True)
+            cache.path("attacks", cell.run_key(minimal)).exists() for minimal in (False, True)
         )
         for cell in pending
     }

@@ -538,10 +538,8 @@ def _compute(
             shown.start(cell)
             registry.notify("cell_started", warn, cell=cell)
 
-        groups: dict[str, list[Cell]] = {}
-        for cell in pending:
-            groups.setdefault(cell.model_key, []).append(cell)
-        left = {key: len(group) for key, group in groups.items()}
+        groups = execute.grouped(pending, key=lambda cell: cell.model_key)
+        left = {group[0].model_key: len(group) for group in groups}
 
         def record(result: execute.CellResult, environment: Mapping[str, str] = environment) -> None:
             row = build_row(result.cell, result.status, result.message, result.measurements, environment)
@@ -552,10 +550,10 @@ def _compute(
 
         try:
             if options.ray is None:
-                for group in groups.values():
+                for group in groups:
                     for result in execute.compute_group(group, workspace, on_start=started):
                         record(result)
             else:
-                _compute_on_ray(suite, registry, options, list(groups.values()), record, warn)
+                _compute_on_ray(suite, registry, options, groups, record, warn)
         finally:
             shown.close()
