@@ -172,6 +172,8 @@ def test_the_normalising_wrapper_gives_the_logits_of_normalising_by_hand(harness
     x = torch.rand(6, 1, 8, 8)
     by_hand = network((x * 255 - 0.2) / 0.5)
     torch.testing.assert_close(wrapped.logits(x), by_hand, rtol=0, atol=0)
+    centred = PretrainedClassifier(network, (1, 8, 8), 10, input_range=[-1, 1], mean=mean, std=std).eval()
+    torch.testing.assert_close(centred.logits(x), network((x * 2 - 1 - 0.2) / 0.5))
     plain = PretrainedClassifier(network, (1, 8, 8), 10).eval()
     torch.testing.assert_close(plain.logits(x), network(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="one per channel"):
