@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = 3  # 3: entries carry a digest of their tensors
-KINDS = ("models", "heads", "attacks")
+KINDS = ("models", "heads", "attacks", "training")
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,16 @@ class ArtifactCache:
 
     def path(self, kind: str, key: str) -> Path:
         return self.directory / kind / f"{key}.pt"
+
+    def keys(self, kind: str, prefix: str) -> list[str]:
+        """The keys of the entries of ``kind`` whose key starts with ``prefix``."""
+        return [path.stem for path in (self.directory / kind).glob(f"{prefix}*.pt")]
+
+    def remove(self, kind: str, key: str) -> None:
+        """Delete an entry if it is there (and the cache is writable)."""
+        if self.writable:
+            with contextlib.suppress(OSError):
+                self.path(kind, key).unlink(missing_ok=True)
 
     def check(self) -> bool:
         """Probe, before any work, whether entries can be saved: make the cache folder and create

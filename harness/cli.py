@@ -144,6 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         output=output, cache_dir=cache_dir, device=args.device, force=args.force, wait=args.wait,
         threads=args.threads, effective_suite=raw if args.set else None, ray=ray,
+        checkpoint_minutes=args.checkpoint_every,
     )  # fmt: skip
     if args.data_dir:
         options.data_dir = args.data_dir
@@ -549,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "else a plain line per finished model and, between them, every 30 s or so)")  # fmt: skip
     run.add_argument("--threads", type=positive_int, metavar="N",
                      help="torch threads (default: $OMP_NUM_THREADS, else the cores this process may use)")  # fmt: skip
+    run.add_argument("--checkpoint-every", type=non_negative_number, default=10.0, metavar="MINUTES",
+                     help="save a training's state this often, at the end of an epoch, so that a killed run "
+                     "resumes it (default: 10; 0: every epoch)")  # fmt: skip
     run.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override the suite: a top-level key (n_samples=50) or SECTION.LABEL.PARAM (models.mlp.epochs=2, "

@@ -14,12 +14,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from harness.leaderboard import BUDGET_TOLERANCE, over_budget
+
+if TYPE_CHECKING:
+    from harness.resume import TrainingCheckpoints
 
 LOGITS = "logits"
 """``model.logits(x)``: differentiable class scores (B, num_classes)."""
@@ -73,7 +76,8 @@ class TrainingSettings:
     batch_size: int
     lr: float
     optimizer: str = "Adam"
-    """The name of a ``torch.optim`` class (``Adam``, ``SGD``, ``RMSprop`` ...)."""
+    """The name of a ``torch.optim`` class (``Adam``, ``SGD``, ``RMSprop`` ...), or ``"module:Class"``
+    for another ``torch.optim.Optimizer``."""
     optimizer_options: Mapping[str, Any] = field(default_factory=dict)
     """Further keyword arguments of the optimiser (``weight_decay``, ``momentum``, ``eps`` ...)."""
     lr_decay: float = 1.0
@@ -157,6 +161,15 @@ class TrainingHooks:
     def training_finished(self, state: TrainingState) -> None:
         """After the last epoch."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the hook changes as training goes on (tensors, numbers, strings, in dicts and
+        lists), saved with the loop's checkpoints so that a resumed training goes on the same.
+        What ``training_started`` builds again is not needed."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, after ``training_started``."""
+
 
 @dataclass
 class TrainContext:
@@ -177,6 +190,8 @@ class TrainContext:
     teacher: Callable[[], Model]
     loop: Callable[..., None]
     """The shared loop, ``loop(model, data, ctx, hooks, settings)``; call it through :meth:`fit`."""
+    checkpoints: TrainingCheckpoints | None = None
+    """Where the shared loop saves and resumes the training (None: it does not)."""
 
     def fit(
         self,
@@ -433,6 +448,18 @@ class Attack(ABC):
             raise ValueError(f"{type(self).__name__} returned {shape} for inputs {tuple(x.shape)}")
         x_adv = x_adv.detach()
         return AttackOutcome(x_adv, self.perturbation_norms(x_adv - x), dict(outcome.extras), dict(outcome.scalars))
+
+
+class NoAttack(Attack):
+    """No attack (the ``none`` attack): the clean inputs, for a suite that measures clean accuracy
+    alone, such as a learning curve (its robust accuracy is the clean accuracy)."""
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def generate(
+        self, model: Model, x: torch.Tensor, y: torch.Tensor, eps: float | None, *, generator: torch.Generator
+    ) -> torch.Tensor:
+        return x.clone()
 
 
 def perturbation_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:

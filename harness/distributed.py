@@ -50,6 +50,7 @@ class WorkerSettings:
     data_dir: str
     batch_size: int
     threads: int
+    checkpoint_seconds: float
 
 
 def connect(options: RayOptions) -> tuple[Any, bool]:
@@ -216,6 +217,7 @@ def _workspace(settings: WorkerSettings, warn: Callable[[str], None]) -> Any:
         batch_size=settings.batch_size,
         progress=lambda iterable, description: iterable,
         warn=warn,
+        checkpoint_seconds=settings.checkpoint_seconds,
     )
 
 

@@ -46,6 +46,8 @@ from harness.errors import UsageError, one_line
 from harness.leaderboard import BUDGET_TOLERANCE
 from harness.preflight import retraining_problem
 from harness.registry import Registry
+from harness.resume import KIND as RESUME_KIND
+from harness.resume import TrainingCheckpoints
 from harness.statistics import wilson_interval
 from harness.suite import DEFAULT_DEFENSES, Cell, Entry, config_hash
 from harness.transfer import TransferAttack
@@ -216,6 +218,8 @@ class Workspace:
     batch_size: int
     progress: Progress
     warn: Callable[[str], None]
+    checkpoint_seconds: float = 600.0
+    """How often a training saves a checkpoint to resume from (:mod:`harness.resume`)."""
     _datasets: dict[str, Dataset] = field(default_factory=dict)
     _cut_warned: set[str] = field(default_factory=set)
 
@@ -246,7 +250,8 @@ class Workspace:
         cached = self.cache.path("models", cell.training_key).exists()
         train_seconds = self._load_backbone(cell, model, head)
         if train_seconds is None:
-            with self.cache.exclusive("models", cell.training_key):
+            # One lock for trainings that share checkpoints (a model's longer and shorter trainings).
+            with self.cache.exclusive(RESUME_KIND, config_hash(cell.resume_config)):
                 if not cached:  # another process may have trained it while this one waited
                     train_seconds = self._load_backbone(cell, model, head)
                 if train_seconds is None:
@@ -273,6 +278,8 @@ class Workspace:
         started = time.perf_counter()
         model = _built(defense.train(model, data, ctx), Model, f"defense '{cell.defense.label}'")
         train_seconds = time.perf_counter() - started
+        if ctx.checkpoints is not None:
+            train_seconds += ctx.checkpoints.resumed_seconds
         if {k: v.shape for k, v in model.state_dict().items()} != structure:
             raise ValueError(
                 f"defense '{cell.defense.label}' returned a model whose state differs from what prepare() built: "
@@ -280,6 +287,8 @@ class Workspace:
             )
         state = {k: v for k, v in model.state_dict().items() if k not in head}
         self.cache.save("models", cell.training_key, cell.training_config, state, train_seconds=train_seconds)
+        if ctx.checkpoints is not None:
+            ctx.checkpoints.finish()
         return model, train_seconds
 
     def diagnosed(self, trained: TrainedModel) -> TrainedModel:
@@ -317,13 +326,24 @@ class Workspace:
             self.cache.save("heads", cell.model_key, cell.model_config, state)
 
     def _context(self, cell: Cell) -> TrainContext:
+        checkpoints = TrainingCheckpoints(
+            self.cache, config_hash(cell.resume_config), cell.resume_config, self.checkpoint_seconds,
+            keep_final=cell.resume_config != cell.training_config,
+        )  # fmt: skip
+
+        def build_attack(table: Mapping[str, Any]) -> TrainingAttack:
+            attack = self.training_attack(table, cell)
+            checkpoints.track(attack.generator)
+            return attack
+
         return TrainContext(
             seed=cell.seed,
             device=self.device,
             progress=self.progress,
-            build_attack=lambda table: self.training_attack(table, cell),
+            build_attack=build_attack,
             teacher=lambda: self._teacher(cell),
             loop=fit,
+            checkpoints=checkpoints,
         )
 
     def _teacher(self, cell: Cell) -> Model:

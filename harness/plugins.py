@@ -186,6 +186,7 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo, proble
         description: str = "",
         imports: Iterable[str] = (),
         evaluation_params: Iterable[str] = (),
+        horizon: str = "",
         higher_is_better: bool | None = None,
         unavailable: str = "",
     ) -> None:
@@ -193,6 +194,10 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo, proble
         range_problem = _range_problem(params or {}, ranges or {})
         if kind == "attack" and "norm" not in (params or {}):
             problem = f"attack '{name}' of plugin '{plugin.name}' must declare a 'norm' parameter"
+        elif horizon and kind != "model":
+            problem = f"{kind} '{name}' of plugin '{plugin.name}' has a horizon, which only models have"
+        elif horizon and horizon not in (params or {}):
+            problem = f"model '{name}' of plugin '{plugin.name}': its horizon '{horizon}' is not one of its parameters"
         elif range_problem:
             problem = f"{kind} '{name}' of plugin '{plugin.name}' {range_problem}"
         elif existing is not None and existing.plugin == plugin.name:
@@ -216,6 +221,7 @@ def _register_function(registry: Registry, kind: str, plugin: PluginInfo, proble
                 version=plugin.version,
                 imports=tuple(imports),
                 evaluation_params=tuple(evaluation_params),
+                horizon=horizon,
                 higher_is_better=higher_is_better,
                 ranges=dict(ranges or {}),
                 unavailable=unavailable,

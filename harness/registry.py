@@ -38,6 +38,7 @@ class RegisterFunction(Protocol):
         description: str = "",
         imports: Iterable[str] = (),
         evaluation_params: Iterable[str] = (),
+        horizon: str = "",
         higher_is_better: bool | None = None,
         unavailable: str = "",
     ) -> None: ...
@@ -162,6 +163,9 @@ class Component:
     ``imports`` are modules the component imports lazily (checked before a run trains anything);
     ``evaluation_params`` are parameters that choose how a trained model is evaluated (its head),
     not how it is trained, so entries differing only in them share one trained model.
+    ``horizon`` (models) names the parameter that only says how long the model trains (its epochs),
+    a promise that training for n is the start of training for more: a longer training then
+    continues from a shorter one's final checkpoint (see :mod:`harness.resume`).
     ``higher_is_better`` (metrics) tells ``harness show --sort`` which way to rank its column.
     ``unavailable`` is a reason the component can never run (see :meth:`availability`).
     ``ranges`` bounds numeric parameters (see :class:`Range`); whatever their range, a given NaN is
@@ -179,6 +183,7 @@ class Component:
     version: str
     imports: tuple[str, ...] = ()
     evaluation_params: tuple[str, ...] = ()
+    horizon: str = ""
     higher_is_better: bool | None = None
     ranges: Mapping[str, Range] = field(default_factory=dict)
     unavailable: str = ""

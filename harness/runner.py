@@ -65,6 +65,8 @@ class RunOptions:
     lines otherwise (see :class:`Progress`)."""
     threads: int | None = None
     """torch's intra-op threads; None: :func:`default_threads`."""
+    checkpoint_minutes: float = 10.0
+    """How often a training saves a checkpoint that a killed run resumes from (0: every epoch)."""
     effective_suite: dict[str, Any] | None = None
     """The suite table after command-line overrides (``--set``), recorded beside the output with
     the rows it makes; None (no overrides) removes a record an earlier run left."""
@@ -489,6 +491,7 @@ def _compute_on_ray(
             data_dir=str(options.data_dir.resolve()),
             batch_size=suite.batch_size,
             threads=options.threads or max(1, int(options.ray.cpus_per_task)),
+            checkpoint_seconds=60 * options.checkpoint_minutes,
         )
         distributed.check_nodes(ray, suite, settings)
         distributed.compute(ray, groups, settings, options.ray, record, warn)
@@ -530,6 +533,7 @@ def _compute(
             batch_size=suite.batch_size,
             progress=progress,
             warn=warn,
+            checkpoint_seconds=60 * options.checkpoint_minutes,
         )
         registry.notify("suite_started", warn, suite=suite, cells=pending)
         shown = Progress(suite.name, len(pending), style)

@@ -1,5 +1,6 @@
 """The core's own plugin: models trained outside the harness (``checkpoint``), the ``none``
-defense that every model supports, and transfer attacks from a surrogate model of the same suite.
+defense that every model supports, the ``none`` attack (clean inputs), and transfer attacks from a
+surrogate model of the same suite.
 
 Registered through the ``harness`` entry-point group like any other plugin.
 """
@@ -42,6 +43,13 @@ def register_defenses(register: RegisterFunction) -> None:
 
 @hookimpl
 def register_attacks(register: RegisterFunction) -> None:
+    register(
+        "none",
+        "harness.contracts:NoAttack",
+        params={"norm": "linf"},
+        choices={"norm": ("linf", "l2", "l1", "l0")},
+        description="no attack: the clean inputs (eps = [0]), for clean accuracy alone, e.g. a learning curve",
+    )
     register(
         "transfer",
         "harness.transfer:TransferAttack",

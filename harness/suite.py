@@ -88,6 +88,14 @@ class Entry:
     def evaluation_params(self) -> dict[str, Any]:
         return {k: self.params[k] for k in self.component.evaluation_params if k in self.params}
 
+    @property
+    def horizon_config(self) -> dict[str, Any]:
+        """The training identity without the horizon parameter (how long it trains): what a
+        shorter and a longer training of the model share."""
+        identity = self.training_config
+        identity["params"] = {k: v for k, v in identity["params"].items() if k != self.component.horizon}
+        return identity
+
     def _identity(self, params: dict[str, Any]) -> dict[str, Any]:
         params = {key: self.digests.get(key, value) for key, value in params.items()}
         identity = {**component_identity(self.component), "params": params}
@@ -163,6 +171,15 @@ class Cell:
     def training_key(self) -> str:
         """Names the trained backbone; cells sharing it share one training."""
         return config_hash(self.training_config)
+
+    @property
+    def resume_config(self) -> dict[str, Any]:
+        """Names the training's checkpoints. Without the model's horizon when it trains without a
+        defense (a defense may schedule by the model's epochs): then trainings that differ only in
+        length share checkpoints, and a longer one continues from a shorter one's end."""
+        if not (self.model.component.horizon and self.defense.component.name == DEFAULT_DEFENSES[0]["name"]):
+            return self.training_config
+        return {**self.training_config, "model": self.model.horizon_config, "horizon": self.model.component.horizon}
 
     @property
     def model_config(self) -> dict[str, Any]:

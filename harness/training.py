@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from harness.contracts import Batch, Dataset, Model, TrainContext, TrainingHooks, TrainingSettings, TrainingState
+from harness.resume import Loop
 
 LossFunction = Callable[[Model, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -58,10 +60,20 @@ def warm_up() -> None:
 
 
 def make_optimizer(settings: TrainingSettings, parameters: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimiser that ``settings`` name, e.g. ``Adam`` with ``weight_decay``."""
-    optimizer_class = getattr(torch.optim, settings.optimizer, None)
+    """The optimiser that ``settings`` name: a ``torch.optim`` class (``Adam`` with ``weight_decay``)
+    or a plugin's own as ``"module:Class"``."""
+    module_name, colon, attribute = settings.optimizer.rpartition(":")
+    if colon:
+        try:
+            optimizer_class = getattr(importlib.import_module(module_name), attribute, None)
+        except ImportError as exc:
+            raise ValueError(f"optimizer '{settings.optimizer}': cannot import {module_name} ({exc})") from exc
+    else:
+        optimizer_class = getattr(torch.optim, settings.optimizer, None)
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
-        raise ValueError(f"unknown optimizer '{settings.optimizer}' (a torch.optim class name, e.g. Adam)")
+        raise ValueError(
+            f"unknown optimizer '{settings.optimizer}' (a torch.optim class name, e.g. Adam, or 'module:Class')"
+        )
     return optimizer_class(parameters, lr=settings.lr, **dict(settings.optimizer_options))
 
 
@@ -85,7 +97,8 @@ def fit(
     ``settings`` default to ``model.training_settings()``. The shuffling draws from its own
     generator seeded with ``ctx.seed``; the hooks are called in order at each step (see
     :class:`harness.contracts.TrainingHooks`). The model is in training mode for every step and in
-    evaluation mode afterwards.
+    evaluation mode afterwards. With ``ctx.checkpoints`` the loop resumes from its latest
+    checkpoint and saves new ones (:mod:`harness.resume`).
     """
     settings = settings or model.training_settings()
     model.to(ctx.device)
@@ -100,7 +113,11 @@ def fit(
     state = TrainingState(model, data, ctx, settings, optimizer, data.x_train, data.y_train)
     for hook in hooks:
         hook.training_started(state)
-    for epoch in ctx.progress(range(settings.epochs), f"train {type(model).__name__}"):
+    resumed = None
+    if ctx.checkpoints is not None:
+        resumed = ctx.checkpoints.start(Loop(state, generator, scheduler, hooks))
+    first = resumed.start_epoch if resumed is not None else 0
+    for epoch in ctx.progress(range(first, settings.epochs), f"train {type(model).__name__}"):
         state.epoch = epoch
         for hook in hooks:
             hook.epoch_started(state)
@@ -125,6 +142,8 @@ def fit(
             scheduler.step()
         for hook in hooks:
             hook.epoch_finished(state)
+        if resumed is not None:
+            resumed.epoch_done()
     for hook in hooks:
         hook.training_finished(state)
     model.eval()

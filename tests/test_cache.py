@@ -352,4 +352,4 @@ def test_two_runs_sharing_a_cache_train_each_model_once(write_suite, tmp_path):
     assert all(run.wait(timeout=300) == 0 for run in runs), [run.stderr.read() for run in runs]
     seconds = [read_leaderboard(tmp_path / f"run{i}.csv")["train_seconds"] for i in range(2)]
     pd.testing.assert_series_equal(seconds[0], seconds[1])
-    assert len(list((tmp_path / "cache" / "locks").glob("models-*.lock"))) == 1
+    assert len(list((tmp_path / "cache" / "locks").glob("training-*.lock"))) == 1

@@ -151,7 +151,7 @@ def test_a_node_with_other_plugin_code_is_refused_before_any_work(in_process):
 
     suite_path, _ = in_process
     suite = parse_suite(read_suite_file(suite_path), suite_path, load_plugins())
-    settings = WorkerSettings((), (), "cpu", "/cache", "/data", 20, 1)
+    settings = WorkerSettings((), (), "cpu", "/cache", "/data", 20, 1, 600.0)
 
     class FakeRay:
         """Two nodes: 10.0.0.1 as the driver, 10.0.0.2 with another fgsm and without pgd."""

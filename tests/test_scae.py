@@ -11,7 +11,7 @@ import torch
 from harness.contracts import LOGITS, Batch, TrainingSettings
 from harness.leaderboard import read_leaderboard
 from harness.testing import check_attack, check_defense, check_model, make_context, tiny_digits, training_state
-from harness.training import seed_everything
+from harness.training import make_optimizer, seed_everything
 from harness_scae.defenses import (
     AdversarialDistillation,
     AdversarialTraining,
@@ -21,6 +21,7 @@ from harness_scae.defenses import (
 )
 from harness_scae.evasion import SCAEEvasion
 from harness_scae.model import SCAE, KMeansHead, compose, geometric_transform, invert
+from harness_scae.optim import TF1RMSprop
 from harness_scae.presets import HEADS, PRESETS, resolve_config
 
 LEADERBOARDS = Path(__file__).parents[1] / "leaderboards"
@@ -53,7 +54,8 @@ def test_presets_follow_the_paper_and_every_value_can_be_overridden():
         1,
         16,
     )
-    assert (paper.st_output_dims, paper.optimizer, paper.lr, paper.batch_size) == (256, "RMSprop", 3e-5, 100)
+    assert (paper.st_output_dims, paper.optimizer, paper.lr, paper.batch_size) == (256, "TF1RMSprop", 3e-5, 100)
+    assert (paper.attention_mask, paper.canvas_fit, paper.max_shift) == ("reference", "resize", 0)
     assert (paper.lr_decay, paper.lr_decay_steps) == (0.96, 10_000)
     assert resolve_config("paper", {"n_obj_caps": 10, "lr": None, "optimizer": ""}).n_obj_caps == 10
     with pytest.raises(ValueError, match="unknown SCAE preset 'huge'"):
@@ -63,7 +65,10 @@ def test_presets_follow_the_paper_and_every_value_can_be_overridden():
 def test_paper_preset_trains_with_the_papers_optimizer(data):
     model = SCAE((1, 40, 40), 10, preset="paper", head="posterior-kmeans")
     settings = model.training_settings()
-    assert settings == TrainingSettings(300, 100, 3e-5, "RMSprop", {"momentum": 0.9, "eps": 1e-6}, 0.96, 10_000)
+    optimizer = "harness_scae.optim:TF1RMSprop"
+    assert settings == TrainingSettings(300, 100, 3e-5, optimizer, {"momentum": 0.9, "eps": 1e-6}, 0.96, 10_000)
+    built = make_optimizer(settings, list(model.parameters()))
+    assert isinstance(built, TF1RMSprop) and built.defaults["decay"] == 0.9
 
 
 def test_affine_helpers_invert_and_compose():

@@ -17,6 +17,7 @@ def register_models(register: RegisterFunction) -> None:
         "harness_classifiers.models:MLP",
         params={"hidden": [256, 256], **TRAINING},
         ranges={"hidden": POSITIVE, **TRAINING_RANGES},
+        horizon="epochs",  # a constant learning rate: 10 epochs are the start of 20
         description="fully connected ReLU network, cross-entropy with Adam",
     )
     register(
@@ -24,5 +25,6 @@ def register_models(register: RegisterFunction) -> None:
         "harness_classifiers.models:SmallCNN",
         params={"channels": [32, 64], "hidden": 128, **TRAINING},
         ranges={"channels": POSITIVE, "hidden": POSITIVE, **TRAINING_RANGES},
+        horizon="epochs",
         description="conv-ReLU-maxpool blocks and one hidden dense layer, cross-entropy with Adam",
     )

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from harness.hookspecs import hookimpl
 from harness.registry import FRACTION, NON_NEGATIVE, POSITIVE, ComponentTable, RegisterFunction
-from harness_scae.presets import HEADS, OVERRIDABLE
+from harness_scae.presets import ATTENTION_MASKS, CANVAS_FITS, HEADS, NAMED, OVERRIDABLE
 
 # Algorithm 5 as the reference code runs it: sign steps of size 1 against the current model's
 # posterior linear probe, 5 outer x 30 inner iterations, the perturbation unbounded (eps inf).
 TRAINING_GENERATOR = {
-    "name": "scae-evasion", "head": "posterior-linear", "optimizer": "sign", "outer": 5, "inner": 30, "eps": float("inf"),
+    "name": "scae-evasion", "head": "posterior-linear", "optimizer": "sign", "outer": 5, "inner": 30,
+    "eps": float("inf"),
 }
 COMMON = {"attack": ComponentTable("attack", TRAINING_GENERATOR), "interval": 1, "noise": False}
 COMMON_RANGES = {"interval": NON_NEGATIVE}
@@ -21,11 +22,11 @@ COMMON_RANGES = {"interval": NON_NEGATIVE}
 # transformer's self-attention blocks and the part capsules' special features (0: templates of a
 # constant colour; a capsule keeps its pose and presence).
 OVERRIDE_RANGES = {
-    **{name: POSITIVE for name in OVERRIDABLE if name != "optimizer"},
+    **{name: POSITIVE for name in OVERRIDABLE if name not in NAMED},
     **{
         name: NON_NEGATIVE
         for name in (
-            "noise_scale", "lr_decay_steps", "st_layers", "n_part_features",
+            "noise_scale", "lr_decay_steps", "st_layers", "n_part_features", "max_shift",
             "prior_within", "prior_between", "posterior_within", "posterior_between", "dynamic_l2",
         )
     },
@@ -34,14 +35,18 @@ OVERRIDE_RANGES = {
 
 @hookimpl
 def register_models(register: RegisterFunction) -> None:
-    overrides = {name: ("" if name == "optimizer" else None) for name in OVERRIDABLE}
+    overrides = {name: ("" if name in NAMED else None) for name in OVERRIDABLE}
     register(
         "scae",
         "harness_scae.model:SCAE",
         params={"preset": "paper", "head": "posterior-kmeans", **overrides},
-        choices={"preset": ("paper", "cpu", "small"), "head": HEADS},
+        choices={
+            "preset": ("paper", "cpu", "small"), "head": HEADS,
+            "attention_mask": ("", *ATTENTION_MASKS), "canvas_fit": ("", *CANVAS_FITS),
+        },
         ranges=OVERRIDE_RANGES,
         evaluation_params=["head"],
+        horizon="epochs",  # no schedule depends on the length: 40 epochs are the start of 80
         imports=["scipy.optimize", "sklearn.cluster"],
         description="stacked capsule autoencoder (part and object capsules); heads: prior/posterior k-means or "
         "linear probe; presets paper (Tables 1-2), cpu, small; any preset value can be overridden",

@@ -16,20 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from harness.contracts import Attack, AttackOutcome, Model
-from harness_scae.presets import HEADS
+from harness_scae.presets import head_source
 
 OPTIMIZERS = ("adam", "sign")
 ATANH_SHRINK = 0.999999
 """Keeps atanh(2x - 1) finite at pixels of exactly 0 or 1, as the reference code does."""
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-
-
-def head_source(head: str) -> str:
-    """The presences a head classifies: ``"prior"`` or ``"posterior"`` (the part before the dash)."""
-    if head not in HEADS:
-        raise ValueError(f"unknown SCAE head '{head}' (known: {', '.join(HEADS)})")
-    return head.split("-", 1)[0]
 
 
 def active_capsules(presences: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ Ported from the reference TensorFlow code (``capsules/primary.py``, ``models/sca
 ``capsule.py``) as described in ``reference-implementations.md`` (a), avoiding the known bugs of
 the PyTorch port (b): the capsule MLPs end without an activation and keep their hidden biases,
 templates are rendered with the inverse pose and the align-corners convention, each probe has its
-own softmax once, and the posterior sparsity term is weighted by its own weights.
+own softmax once, and the posterior sparsity term is weighted by its own weights. The weights start
+as Sonnet 1 starts them (:func:`sonnet_init`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.contracts import LOGITS, LOSS, Dataset, Model, TrainContext, TrainingSettings, TrainingState
-from harness_scae.presets import HEADS, SOURCES, Config, resolve_config
+from harness_scae.optim import TF1RMSprop
+from harness_scae.presets import SOURCES, Config, head_source, head_uses_kmeans, resolve_config
 
 PRESENCES = "capsule_presences"
 """``model.capsule_presences(x, source)``: object-capsule presences (B, O) in [0, 1], ``source``
@@ -62,6 +64,26 @@ def invert(affine: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, dim=-1).unflatten(-1, (2, 3))
 
 
+# --- initialisation -----------------------------------------------------------------------------
+
+
+def truncated_normal_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """Sonnet 1's default weights: a normal of std 1/sqrt(fan_in) truncated at two stds (PyTorch's
+    ``trunc_normal_`` truncates at +-2 absolute unless told otherwise)."""
+    std = 1.0 / math.sqrt(fan_in)
+    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
+def sonnet_init(module: nn.Module) -> None:
+    """Every linear and convolutional layer as ``snt.Linear`` and ``snt.Conv2D`` start: truncated
+    normal weights (:func:`truncated_normal_`) and zero biases (PyTorch's default biases are not zero)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            truncated_normal_(layer.weight, layer.weight[0].numel())
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 # --- part capsule autoencoder -------------------------------------------------------------------
 
 
@@ -83,26 +105,28 @@ class PartEncoder(nn.Module):
         self.bias = nn.Parameter(torch.zeros(width, size, size))
         self.n_caps = config.n_part_caps
         self.n_dims = 6 + config.n_part_features + 1
-        # One 1x1 convolution gives every capsule's values and its attention logit at each location.
-        # (The reference reshapes where it should transpose, a fixed permutation of these outputs:
-        # the same model, not weight-compatible.)
+        # One 1x1 convolution gives n_dims values per capsule and one attention logit per capsule at
+        # each location.
         self.values = nn.Conv2d(width, self.n_caps * (self.n_dims + 1), 1)
         self.noise_scale = config.noise_scale
         self.noise_enabled = config.noise_scale > 0
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Poses (B, M, 2, 3), raw pose parameters (B, M, 6), features (B, M, F) and presences (B, M)."""
-        h = self.values(self.cnn(image) + self.bias).flatten(2)  # (B, M * (D + 1), HW)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Poses (B, M, 2, 3), features (B, M, F) and presences (B, M)."""
+        h = self.values(self.cnn(image) + self.bias).flatten(2)  # (B, D * M + M, HW)
         batch = h.shape[0]
-        values, attention = h.split([self.n_caps * self.n_dims, self.n_caps], dim=1)
-        values = values.view(batch, self.n_caps, self.n_dims, -1)
-        weights = attention.view(batch, self.n_caps, 1, -1).softmax(dim=-1)
-        pooled = (values * weights).sum(dim=-1)  # (B, M, D)
+        values, attention = h.split([self.n_dims * self.n_caps, self.n_caps], dim=1)
+        # As the reference: channel d * M + m is value d pooled with attention map m, and the pooled
+        # (D, M) array is then reshaped, not transposed, to (M, D). So capsule i's value j is pooled
+        # with map (D * i + j) mod M: each capsule's values come from D different maps.
+        values = values.view(batch, self.n_dims, self.n_caps, -1)
+        weights = attention.view(batch, 1, self.n_caps, -1).softmax(dim=-1)
+        pooled = (values * weights).sum(dim=-1).reshape(batch, self.n_caps, self.n_dims)
         pose, features, presence_logit = pooled.split([6, self.n_dims - 7, 1], dim=-1)
         presence_logit = presence_logit.squeeze(-1)
         if self.training and self.noise_enabled:
             presence_logit = presence_logit + (torch.rand_like(presence_logit) - 0.5) * self.noise_scale
-        return geometric_transform(pose), pose, features, torch.sigmoid(presence_logit)
+        return geometric_transform(pose), features, torch.sigmoid(presence_logit)
 
 
 class TemplateDecoder(nn.Module):
@@ -165,16 +189,17 @@ def safe_log(x: torch.Tensor, eps: float = 1e-16) -> torch.Tensor:
 class PresenceAttention(nn.Module):
     """Multi-head QKV attention over parts, each key weighted by its part's presence.
 
-    The reference subtracts (1 - presence) * 1e32 from the logits, which for presences strictly
-    between 0 and 1 attends to the single most present part only; adding log(presence) is the
-    same for presences of exactly 0 or 1 and keeps the attention soft in between, which a model
-    trained for minutes (whose presences are not yet saturated) needs.
+    ``mask="reference"`` subtracts (1 - presence) * 1e32 from the logits, as the reference does.
+    For presences of exactly 0 or 1 that is a mask; for presences strictly between (a float32
+    sigmoid reaches 1 only for logits above about 17) the differences of the subtracted terms
+    dwarf the logits, so every query attends to the single most present part. ``mask="soft"``
+    adds log(presence): the same mask at 0 and 1, and attention weighted by presence in between.
     """
 
-    def __init__(self, dims_q: int, dims_kv: int, heads: int):
+    def __init__(self, dims_q: int, dims_kv: int, heads: int, mask: str):
         super().__init__()
         head_dims = math.ceil(dims_kv / heads)
-        self.heads, self.head_dims = heads, head_dims
+        self.heads, self.head_dims, self.mask = heads, head_dims, mask
         self.query = nn.Linear(dims_q, heads * head_dims)
         self.key = nn.Linear(dims_kv, heads * head_dims)
         self.value = nn.Linear(dims_kv, heads * head_dims)
@@ -185,15 +210,19 @@ class PresenceAttention(nn.Module):
             return x.view(*x.shape[:2], self.heads, self.head_dims).transpose(1, 2)
 
         q, k, v = split(self.query(queries)), split(self.key(keys)), split(self.value(keys))
-        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dims) + safe_log(presence)[:, None, None, :]
+        if self.mask == "reference":
+            weighting = -(1.0 - presence) * 1e32
+        else:
+            weighting = safe_log(presence)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dims) + weighting[:, None, None, :]
         attended = (logits.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
         return self.output(attended)
 
 
 class SelfAttentionBlock(nn.Module):
-    def __init__(self, dims: int, heads: int):
+    def __init__(self, dims: int, heads: int, mask: str):
         super().__init__()
-        self.attention = PresenceAttention(dims, dims, heads)
+        self.attention = PresenceAttention(dims, dims, heads, mask)
         self.norm_attention = nn.LayerNorm(dims)
         self.feed_forward = nn.Sequential(nn.Linear(dims, 2 * dims), nn.ReLU(), nn.Linear(2 * dims, dims))
         self.norm_output = nn.LayerNorm(dims)
@@ -211,10 +240,11 @@ class SetTransformer(nn.Module):
         super().__init__()
         dims, out = config.st_dims, config.st_output_dims
         self.embed = nn.Linear(dims_in, dims)
-        self.blocks = nn.ModuleList(SelfAttentionBlock(dims, config.st_heads) for _ in range(config.st_layers))
+        mask = config.attention_mask
+        self.blocks = nn.ModuleList(SelfAttentionBlock(dims, config.st_heads, mask) for _ in range(config.st_layers))
         self.project = nn.Linear(dims, out)
         self.inducing_points = nn.Parameter(nn.init.xavier_uniform_(torch.empty(config.n_obj_caps, out)))
-        self.pool = PresenceAttention(out, out, config.st_heads)
+        self.pool = PresenceAttention(out, out, config.st_heads, mask)
 
     def forward(self, parts: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
         h = self.embed(parts)
@@ -230,8 +260,7 @@ class PerCapsuleLinear(nn.Module):
 
     def __init__(self, n_caps: int, dims_in: int, dims_out: int, bias: bool = True):
         super().__init__()
-        weight = torch.nn.init.trunc_normal_(torch.empty(n_caps, dims_in, dims_out), std=1.0 / math.sqrt(dims_in))
-        self.weight = nn.Parameter(weight)
+        self.weight = nn.Parameter(truncated_normal_(torch.empty(n_caps, dims_in, dims_out), dims_in))
         self.bias = nn.Parameter(torch.zeros(n_caps, dims_out)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -267,7 +296,9 @@ class CapsuleLayer(nn.Module):
             PerCapsuleLinear(n_obj, hidden, self.n_out, bias=False),
         )
         self.output_bias = nn.Parameter(torch.zeros(n_obj, self.n_out - 6 * n_part))
-        self.static_relations = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_obj, n_part * 6)).view(n_obj, n_part, 6))
+        # TF's Glorot uniform for the reference's (1, O, M, 6) variable: fans M * O and 6 * O.
+        limit = math.sqrt(6.0 / (n_obj * (n_part + 6)))
+        self.static_relations = nn.Parameter(torch.empty(n_obj, n_part, 6).uniform_(-limit, limit))
         self.noise_scale = config.noise_scale
         self.noise_enabled = config.noise_scale > 0
 
@@ -382,11 +413,9 @@ class SCAE(Model):
         **overrides: float | int | None,
     ):
         super().__init__(input_shape, num_classes)
-        if head not in HEADS:
-            raise ValueError(f"unknown SCAE head '{head}' (known: {', '.join(HEADS)})")
         self.config = config = resolve_config(preset, overrides)
         self.head = head
-        self.capabilities = frozenset({LOSS, PRESENCES, CLASSIFY} | ({LOGITS} if head.endswith("linear") else set()))
+        self.capabilities = frozenset({LOSS, PRESENCES, CLASSIFY} | (set() if head_uses_kmeans(head) else {LOGITS}))
         channels = input_shape[0]
         self.part_encoder = PartEncoder(channels, config)
         self.decoder = TemplateDecoder(channels, config)
@@ -395,26 +424,38 @@ class SCAE(Model):
         self.capsules = CapsuleLayer(config.st_output_dims, config)
         self.probes = nn.ModuleDict({source: nn.Linear(config.n_obj_caps, num_classes) for source in SOURCES})
         self.kmeans = nn.ModuleDict({source: KMeansHead(num_classes, config.n_obj_caps) for source in SOURCES})
+        sonnet_init(self)
 
     # --- the forward pass
 
     def canvas(self, x: torch.Tensor) -> torch.Tensor:
-        """The input on the model's canvas (bilinear, differentiable) if its size differs."""
+        """The input on the model's canvas if its size differs: resized (bilinear) or padded with
+        zeros around it, as ``canvas_fit`` says; differentiable either way."""
         size = self.config.canvas
-        if x.shape[-1] == size and x.shape[-2] == size:
+        height, width = x.shape[-2:]
+        if height == size and width == size:
             return x
-        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        if self.config.canvas_fit == "resize":
+            return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        if height > size or width > size:
+            raise ValueError(f"canvas_fit 'pad' needs inputs of at most the canvas ({size}), got {height}x{width}")
+        top, left = (size - height) // 2, (size - width) // 2
+        return F.pad(x, (left, size - width - left, top, size - height - top))
 
     def encode(self, x: torch.Tensor, target: torch.Tensor | None = None, *, render: bool = True) -> Encoding:
         """One pass; ``render=False`` skips the image likelihood (the costly rendering), which the
         presences do not need."""
         image = self.canvas(x)
-        poses, raw_pose, features, part_presence = self.part_encoder(image)
+        poses, features, part_presence = self.part_encoder(image)
         templates = self.decoder.templates(features)
-        # The object encoder sees the parts' poses, presences and templates without passing
-        # gradients into them, but trains the special features (as in the reference).
+        # The object encoder sees the parts' poses (the affine matrices' six entries), presences and
+        # templates without passing gradients into them, but trains the special features (as in the
+        # reference).
         parts = torch.cat(
-            [raw_pose.detach(), 1.0 - part_presence.detach().unsqueeze(-1), features, templates.detach().flatten(2)],
+            [
+                poses.detach().flatten(-2), 1.0 - part_presence.detach().unsqueeze(-1), features,
+                templates.detach().flatten(2),
+            ],
             dim=-1,
         )
         objects = self.capsules(self.set_transformer(parts, part_presence.detach()))
@@ -443,12 +484,22 @@ class SCAE(Model):
 
     def training_settings(self) -> TrainingSettings:
         c = self.config
-        options = {"momentum": 0.9, "eps": 1e-6} if c.optimizer == "RMSprop" else {}
-        return TrainingSettings(c.epochs, c.batch_size, c.lr, c.optimizer, options, c.lr_decay, c.lr_decay_steps)
+        optimizer, options = c.optimizer, {}
+        if c.optimizer == TF1RMSprop.__name__:
+            # The reference's eps, 1e-2 / batch^2, is 1e-6 for its batches of 100.
+            optimizer, options = f"{TF1RMSprop.__module__}:{TF1RMSprop.__name__}", {"momentum": 0.9, "eps": 1e-6}
+        return TrainingSettings(c.epochs, c.batch_size, c.lr, optimizer, options, c.lr_decay, c.lr_decay_steps)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, state: TrainingState) -> torch.Tensor:
-        """The reference's MNIST objective; the encoding goes to ``state.outputs['encoding']``."""
+        """The reference's MNIST objective on the canvas, shifted at random if ``max_shift`` says so
+        (the reconstruction target with the input); the encoding goes to ``state.outputs['encoding']``."""
         target = state.batch.target if state.batch is not None else None
+        x = self.canvas(x)
+        target = None if target is None else self.canvas(target)
+        if self.training and self.config.max_shift:
+            offsets = torch.randint(-self.config.max_shift, self.config.max_shift + 1, (len(x), 2))
+            x = translate(x, offsets)
+            target = None if target is None else translate(target, offsets)
         encoding = self.encode(x, target)
         state.outputs["encoding"] = encoding
         return self.objective(encoding, y)
@@ -485,11 +536,11 @@ class SCAE(Model):
 
     @property
     def head_source(self) -> str:
-        return self.head.partition("-")[0]
+        return head_source(self.head)
 
     def fit_head(self, data: Dataset, ctx: TrainContext) -> None:
         """Fit the k-means head on the training split (the linear probes trained with the model)."""
-        if not self.head.endswith("kmeans"):
+        if not head_uses_kmeans(self.head):
             return
         features = []
         self.eval()
@@ -508,8 +559,8 @@ class SCAE(Model):
 
     def classify_presences(self, presences: torch.Tensor, head: str | None = None) -> torch.Tensor:
         head = head or self.head
-        source = head.partition("-")[0]
-        if head.endswith("kmeans"):
+        source = head_source(head)
+        if head_uses_kmeans(head):
             return self.kmeans[source](presences)
         return self.probe_logits(presences, source).argmax(dim=1)
 
@@ -519,13 +570,24 @@ class SCAE(Model):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The linear probe's logits (linear heads only: a k-means head has no differentiable scores)."""
-        if not self.head.endswith("linear"):
+        if head_uses_kmeans(self.head):
             raise RuntimeError(f"the {self.head} head has no logits")
         return self.probe_logits(self.capsule_presences(x), self.head_source)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify_presences(self.capsule_presences(x))
+
+
+def translate(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Each image (B, C, H, W) moved by its (down, right) offset in whole pixels, zeros shifted in."""
+    reach = int(offsets.abs().max()) if len(offsets) else 0
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (reach, reach, reach, reach))
+    return torch.stack(
+        [padded[i, :, reach - down: reach - down + height, reach - right: reach - right + width]
+         for i, (down, right) in enumerate(offsets.tolist())]
+    )
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,27 @@ prior or the posterior object-capsule presences."""
 SOURCES = ("prior", "posterior")
 
 
+def head_source(head: str) -> str:
+    """The presences a head classifies, ``"prior"`` or ``"posterior"`` (the part before the dash)."""
+    if head not in HEADS:
+        raise ValueError(f"unknown SCAE head '{head}' (known: {', '.join(HEADS)})")
+    return head.partition("-")[0]
+
+
+def head_uses_kmeans(head: str) -> bool:
+    """Whether a head is a k-means classifier (otherwise the built-in linear probe)."""
+    head_source(head)
+    return head.endswith("kmeans")
+
+
+ATTENTION_MASKS = ("reference", "soft")
+"""How the set transformer's attention weighs parts by presence: ``reference`` subtracts
+(1 - presence) * 1e32 from the logits, as the reference does; ``soft`` adds log(presence)."""
+CANVAS_FITS = ("resize", "pad")
+"""How an input smaller than the canvas is put on it: bilinear ``resize``, or ``pad`` with zeros
+around the centred image (the google-research MNIST pipeline)."""
+
+
 @dataclass(frozen=True)
 class Config:
     """Every size and training setting of one SCAE; a preset is one of these."""
@@ -32,7 +53,13 @@ class Config:
     lr: float = 3e-5
     lr_decay: float = 0.96
     lr_decay_steps: int = 10_000
-    optimizer: str = "RMSprop"
+    optimizer: str = "TF1RMSprop"
+    """``TF1RMSprop`` (TensorFlow 1's update, :mod:`harness_scae.optim`) or a ``torch.optim`` class name."""
+    attention_mask: str = "reference"
+    canvas_fit: str = "resize"
+    max_shift: int = 0
+    """Training only: translate each canvas by a random whole number of pixels in [-max_shift,
+    max_shift] per axis, zeros shifted in (the google-research pipeline pads MNIST to 40 and shifts)."""
     # Loss weights of the reference MNIST configuration.
     prior_within: float = 2.0
     prior_between: float = 0.35
@@ -42,8 +69,8 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {
-    # Tables 1 and 2 of the paper (the reference's MNIST configuration): RMSProp with momentum 0.9
-    # and eps 1e-6, decayed by 0.96 every 10,000 steps.
+    # Tables 1 and 2 of the paper (the reference's MNIST configuration): TensorFlow 1's RMSProp with
+    # momentum 0.9 and eps 1e-2 / batch^2 = 1e-6, decayed by 0.96 every 10,000 steps.
     "paper": Config(
         canvas=40, n_part_caps=24, n_obj_caps=24, template_size=11, noise_scale=4.0, cnn_channels=128,
         st_layers=3, st_heads=1, st_dims=16, st_output_dims=256,
@@ -64,6 +91,8 @@ PRESETS: dict[str, Config] = {
 }
 OVERRIDABLE = tuple(f.name for f in fields(Config))
 """Every preset value a suite may override."""
+NAMED = ("optimizer", "attention_mask", "canvas_fit")
+"""The preset values that are names, not numbers."""
 
 
 def resolve_config(preset: str, overrides: dict[str, float | int | None]) -> Config:
