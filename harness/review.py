@@ -158,6 +158,8 @@ def flags(frame: pd.DataFrame, num_classes: int = 10) -> pd.Series:
     """For every row, the names of the :data:`FLAGS` it raises, joined by ``"; "`` ("" for none)."""
     import pandas as pd
 
+    if frame.empty:  # a run stopped before its first cell: no rows, and columns of no type
+        return pd.Series("", index=frame.index, dtype=object)
     frame = frame[[*ENTRY, *CHECKED]]  # each subset below copies every column: only those read
     raised: dict[str, set[str]] = {index: set() for index in frame.index}
     ok = frame[frame["status"] == "ok"]

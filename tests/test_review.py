@@ -273,3 +273,8 @@ def test_the_verdict_gives_the_largest_drop_of_an_attack_that_has_not_converged(
     lines = verdicts(frame.assign(flags=flags(frame)))
     assert lines[1].startswith("  failed not-converged: pgd at linf 0.1: 5.0% lower with more effort -> raise max_iter")
     assert not any(line.startswith("  not checked not-converged") for line in lines)
+
+
+def test_no_rows_raise_no_flags():
+    """A run stopped before its first cell publishes a leaderboard of no rows (and no column types)."""
+    assert flags(to_frame([])).empty
