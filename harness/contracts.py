@@ -14,15 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from harness.leaderboard import BUDGET_TOLERANCE, over_budget
-
-if TYPE_CHECKING:
-    from harness.resume import TrainingCheckpoints
 
 LOGITS = "logits"
 """``model.logits(x)``: differentiable class scores (B, num_classes)."""
@@ -190,8 +187,6 @@ class TrainContext:
     teacher: Callable[[], Model]
     loop: Callable[..., None]
     """The shared loop, ``loop(model, data, ctx, hooks, settings)``; call it through :meth:`fit`."""
-    checkpoints: TrainingCheckpoints | None = None
-    """Where the shared loop saves and resumes the training (None: it does not)."""
 
     def fit(
         self,

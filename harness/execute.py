@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import platform
 import re
@@ -245,7 +246,11 @@ class Workspace:
         if missing:
             raise Skip(f"defense '{cell.defense.label}' needs {', '.join(missing)}, which model '{cell.model.label}' lacks")
         model = _built(defense.prepare(model), Model, f"defense '{cell.defense.label}' (prepare)")
-        ctx = self._context(cell)
+        checkpoints = TrainingCheckpoints(
+            self.cache, config_hash(cell.resume_config), cell.resume_config, self.checkpoint_seconds,
+            keep_final=cell.resume_config != cell.training_config,
+        )  # fmt: skip
+        ctx = self._context(cell, checkpoints)
         head = _head_keys(model)
         cached = self.cache.path("models", cell.training_key).exists()
         train_seconds = self._load_backbone(cell, model, head)
@@ -255,7 +260,7 @@ class Workspace:
                 if not cached:  # another process may have trained it while this one waited
                     train_seconds = self._load_backbone(cell, model, head)
                 if train_seconds is None:
-                    model, train_seconds = self._train(cell, model, defense, data, ctx, head)
+                    model, train_seconds = self._train(cell, model, defense, data, ctx, head, checkpoints)
         model.to(self.device).eval()
         self._fit_head(cell, model, data, ctx, head)
         x, y = data.x_test[: cell.n_samples], data.y_test[: cell.n_samples]
@@ -270,16 +275,15 @@ class Workspace:
         return TrainedModel(model, train_seconds, x, y, draws, clean, note)
 
     def _train(
-        self, cell: Cell, model: Model, defense: Defense, data: Dataset, ctx: TrainContext, head: set[str]
+        self, cell: Cell, model: Model, defense: Defense, data: Dataset, ctx: TrainContext, head: set[str],
+        checkpoints: TrainingCheckpoints,
     ) -> tuple[Model, float]:
         """Train the backbone with the cell's defense and cache it; returns it and the seconds taken."""
         structure = {k: v.shape for k, v in model.state_dict().items()}
         warm_up()
         started = time.perf_counter()
         model = _built(defense.train(model, data, ctx), Model, f"defense '{cell.defense.label}'")
-        train_seconds = time.perf_counter() - started
-        if ctx.checkpoints is not None:
-            train_seconds += ctx.checkpoints.resumed_seconds
+        train_seconds = time.perf_counter() - started + checkpoints.resumed_seconds
         if {k: v.shape for k, v in model.state_dict().items()} != structure:
             raise ValueError(
                 f"defense '{cell.defense.label}' returned a model whose state differs from what prepare() built: "
@@ -287,8 +291,7 @@ class Workspace:
             )
         state = {k: v for k, v in model.state_dict().items() if k not in head}
         self.cache.save("models", cell.training_key, cell.training_config, state, train_seconds=train_seconds)
-        if ctx.checkpoints is not None:
-            ctx.checkpoints.finish()
+        checkpoints.finish()
         return model, train_seconds
 
     def diagnosed(self, trained: TrainedModel) -> TrainedModel:
@@ -325,11 +328,8 @@ class Workspace:
             state = {k: v for k, v in model.state_dict().items() if k in head}
             self.cache.save("heads", cell.model_key, cell.model_config, state)
 
-    def _context(self, cell: Cell) -> TrainContext:
-        checkpoints = TrainingCheckpoints(
-            self.cache, config_hash(cell.resume_config), cell.resume_config, self.checkpoint_seconds,
-            keep_final=cell.resume_config != cell.training_config,
-        )  # fmt: skip
+    def _context(self, cell: Cell, checkpoints: TrainingCheckpoints) -> TrainContext:
+        """The cell's training context; its shared loop saves to and resumes from ``checkpoints``."""
 
         def build_attack(table: Mapping[str, Any]) -> TrainingAttack:
             attack = self.training_attack(table, cell)
@@ -342,8 +342,7 @@ class Workspace:
             progress=self.progress,
             build_attack=build_attack,
             teacher=lambda: self._teacher(cell),
-            loop=fit,
-            checkpoints=checkpoints,
+            loop=functools.partial(fit, checkpoints=checkpoints),
         )
 
     def _teacher(self, cell: Cell) -> Model:

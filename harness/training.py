@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from harness.contracts import Batch, Dataset, Model, TrainContext, TrainingHooks, TrainingSettings, TrainingState
-from harness.resume import Loop
+from harness.resume import Loop, TrainingCheckpoints
 
 LossFunction = Callable[[Model, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -91,14 +91,15 @@ def fit(
     ctx: TrainContext,
     hooks: Sequence[TrainingHooks] = (),
     settings: TrainingSettings | None = None,
+    checkpoints: TrainingCheckpoints | None = None,
 ) -> None:
     """The shared loop: minimise ``model.loss`` over shuffled minibatches of the train split.
 
     ``settings`` default to ``model.training_settings()``. The shuffling draws from its own
     generator seeded with ``ctx.seed``; the hooks are called in order at each step (see
     :class:`harness.contracts.TrainingHooks`). The model is in training mode for every step and in
-    evaluation mode afterwards. With ``ctx.checkpoints`` the loop resumes from its latest
-    checkpoint and saves new ones (:mod:`harness.resume`).
+    evaluation mode afterwards. With ``checkpoints`` the loop resumes from its latest checkpoint
+    and saves new ones (:mod:`harness.resume`; the runner binds them into ``ctx.loop``).
     """
     settings = settings or model.training_settings()
     model.to(ctx.device)
@@ -113,9 +114,7 @@ def fit(
     state = TrainingState(model, data, ctx, settings, optimizer, data.x_train, data.y_train)
     for hook in hooks:
         hook.training_started(state)
-    resumed = None
-    if ctx.checkpoints is not None:
-        resumed = ctx.checkpoints.start(Loop(state, generator, scheduler, hooks))
+    resumed = None if checkpoints is None else checkpoints.start(Loop(state, generator, scheduler, hooks))
     first = resumed.start_epoch if resumed is not None else 0
     for epoch in ctx.progress(range(first, settings.epochs), f"train {type(model).__name__}"):
         state.epoch = epoch

@@ -78,17 +78,15 @@ def train(cache_dir, epochs=4, stop_at=None, interval=0.0, checkpoints=True):
     data = tiny_digits(n_train=160, n_test=20)
     seed_everything(0)
     model = DropoutNet(epochs)
-    ctx = make_context()
     store = None
     if checkpoints:
         store = TrainingCheckpoints(ArtifactCache(cache_dir, warn=pytest.fail), "training", {"t": 1}, interval,
                                     keep_final=True)  # fmt: skip
-        ctx = dataclasses.replace(ctx, checkpoints=store)
     generator = torch.Generator().manual_seed(7)
     if store is not None:
         store.track(generator)
     hook = NoisyHook(generator, stop_at)
-    fit(model, data, ctx, [hook])
+    fit(model, data, make_context(), [hook], checkpoints=store)
     return model, hook, store
 
 
@@ -143,7 +141,7 @@ def test_a_damaged_checkpoint_is_reported_and_the_training_restarts(tmp_path):
     model = DropoutNet(4)
     store = TrainingCheckpoints(ArtifactCache(tmp_path / "killed", warnings.append), "training", {"t": 1}, 0.0)
     hook = NoisyHook(store.track(torch.Generator().manual_seed(7)))
-    fit(model, data, dataclasses.replace(make_context(), checkpoints=store), [hook])
+    fit(model, data, make_context(), [hook], checkpoints=store)
     assert hook.epochs_run == [0, 1, 2, 3]
     assert len(warnings) == 1 and "unusable" in warnings[0]
 

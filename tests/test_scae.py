@@ -274,8 +274,6 @@ def test_small_scae_suite_runs_and_reuses_its_models(cli, tmp_path):
 def test_a_longer_training_continues_the_shorter_ones_checkpoint_to_the_same_weights(data, tmp_path):
     """What the learning curves rely on: the SCAE's epochs are a horizon (its noise, shuffling and
     optimiser state are all restored), here with TF1's RMSProp and a decay every 3 steps."""
-    import dataclasses
-
     from harness.cache import ArtifactCache
     from harness.resume import TrainingCheckpoints
     from harness.training import fit
@@ -284,7 +282,7 @@ def test_a_longer_training_continues_the_shorter_ones_checkpoint_to_the_same_wei
         seed_everything(0)
         model = small(data, epochs=epochs, optimizer="TF1RMSprop", lr=1e-3, lr_decay=0.5, lr_decay_steps=3)
         store = TrainingCheckpoints(ArtifactCache(cache_dir, pytest.fail), "scae", {}, 0.0, keep_final=True)
-        fit(model, data, dataclasses.replace(make_context(), checkpoints=store))
+        fit(model, data, make_context(), checkpoints=store)
         return model
 
     fresh = trained(4, tmp_path / "fresh")
