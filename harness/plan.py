@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.cache import ArtifactCache
 from harness.runner import pending_cells, read_previous, warn_on_stderr
-from harness.suite import Suite
+from harness.suite import Suite, config_hash
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class TrainingPlan:
     defense: str
     seed: int
     cached: bool
+    checkpointed: bool = False
+    """Not cached, but its training (or a shorter one of the same model) left checkpoints to
+    continue from (see :mod:`harness.resume`)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def plan_run(
             cell.model.label,
             cell.defense.label,
             cell.seed,
-            cache.path("models", cell.training_key).exists(),
+            cached := cache.path("models", cell.training_key).exists(),
+            not cached and bool(cache.keys("training", f"{config_hash(cell.resume_config)}-")),
         )
         for cell in pending
     }
@@ -76,16 +80,21 @@ def plan_run(
     )
 
 
+def _action(training: TrainingPlan) -> str:
+    return "load" if training.cached else "continue" if training.checkpointed else "train"
+
+
 def render_plan(plan: Plan) -> str:
     """The plan as a few lines of text, with a table of the models to train or load."""
     trained = sum(not t.cached for t in plan.trainings)
+    continued = " ('continue': from a training's checkpoint)" if any(t.checkpointed for t in plan.trainings) else ""
     lines = [
         f"{plan.suite}: {plan.cells} cells, {plan.done} already done in {plan.output}, {plan.pending} to compute",
-        f"models: {trained} to train, {len(plan.trainings) - trained} from the cache",
+        f"models: {trained} to train, {len(plan.trainings) - trained} from the cache{continued}",
     ]
     if plan.trainings:
         table = [("", "dataset", "model", "defense", "seed")] + [
-            ("load" if t.cached else "train", t.dataset, t.model, t.defense, str(t.seed)) for t in plan.trainings
+            (_action(t), t.dataset, t.model, t.defense, str(t.seed)) for t in plan.trainings
         ]
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]

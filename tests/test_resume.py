@@ -12,6 +12,9 @@ from torch.nn import functional as F
 
 from harness import api
 from harness.cache import ArtifactCache
+from harness.plan import plan_run, render_plan
+from harness.plugins import load_plugins
+from harness.suite import parse_suite
 from harness.contracts import Batch, Model, TrainingHooks, TrainingSettings, TrainingState
 from harness.resume import KIND, TrainingCheckpoints, join_tensors, split_tensors
 from harness.testing import make_context, tiny_digits
@@ -172,6 +175,9 @@ def test_the_runner_continues_a_models_longer_training_from_the_shorter_ones_end
     api.run(SUITE, cache_dir=tmp_path / "chain", device="cpu", threads=1)
     finals = ArtifactCache(tmp_path / "chain", print).keys(KIND, "")
     assert [key.split("-", 1)[1] for key in finals] == ["0-e2-final"]
+    suite = parse_suite(longer, tmp_path / "longer.toml", load_plugins())
+    plan = plan_run(suite, tmp_path / "longer.csv", tmp_path / "chain")
+    assert [t.checkpointed for t in plan.trainings] == [True] and "continue  digits" in render_plan(plan)
     continued = api.run(longer, cache_dir=tmp_path / "chain", device="cpu", threads=1)
     assert sorted(key.split("-", 1)[1] for key in ArtifactCache(tmp_path / "chain", print).keys(KIND, "")) == [
         "0-e2-final", "0-e4-final",
