@@ -120,6 +120,14 @@ BROKEN_PLUGINS = {
         {"register_models": lambda register: register("m", "x:y", params={"act": "relu"}, ranges={"act": POSITIVE})},
         "model 'm' of plugin 'broken' declares a range for parameter 'act', whose default 'relu' is not numeric",
     ),
+    "horizon that is not a parameter": (
+        {"register_models": lambda register: register("m", "x:y", params={"epochs": 5}, horizon="steps")},
+        "model 'm' of plugin 'broken': its horizon 'steps' is not one of its parameters",
+    ),
+    "horizon of an attack": (
+        {"register_attacks": lambda register: register("a", "x:y", params={"norm": "l2", "steps": 5}, horizon="steps")},
+        "attack 'a' of plugin 'broken' has a horizon, which only models have",
+    ),
     "default out of its range": (
         {"register_models": lambda register: register("m", "x:y", params={"p": 1.5}, ranges={"p": FRACTION})},
         "model 'm' of plugin 'broken' declares parameter 'p' in [0, 1], but its default is 1.5",
