@@ -10,7 +10,6 @@ an eps mean something else for every entry).
 
 from __future__ import annotations
 
-import importlib
 import pickle
 import warnings
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from torch import nn
 
 from harness.contracts import LOGITS, Dataset, Model, TrainContext
 from harness.errors import one_line
+from harness.registry import import_reference
 
 
 class PretrainedClassifier(Model):
@@ -171,11 +171,7 @@ class _ExportedProgram(nn.Module):
 
 
 def _built(factory: str, kwargs: Mapping[str, Any], weights: str) -> nn.Module:
-    module_name, _, attribute = factory.partition(":")
-    target: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    network = target(**kwargs)
+    network = import_reference(factory)(**kwargs)
     if not isinstance(network, nn.Module):
         raise TypeError(f"checkpoint: '{factory}' returned {type(network).__name__}, not a torch.nn.Module")
     if weights:

@@ -221,9 +221,7 @@ class Component:
         """The factory, importing it if it was registered as ``"module:attribute"``."""
         if callable(self.factory):
             return self.factory
-        module_name, _, attribute = self.factory.partition(":")
-        module = importlib.import_module(module_name)
-        return getattr(module, attribute) if attribute else module
+        return import_reference(self.factory)
 
     def build(self, params: Mapping[str, Any], **context: Any) -> Any:
         return self.load()(**context, **params)
@@ -346,6 +344,16 @@ def type_name(default: Any) -> str:
 
 def _with_article(noun: str) -> str:
     return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def import_reference(reference: str) -> Any:
+    """What ``"package.module:attribute"`` names (a dotted attribute walks into the module's
+    objects; without one, the module); raises ImportError or AttributeError."""
+    module_name, _, attribute = reference.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split(".") if attribute else ():
+        target = getattr(target, part)
+    return target
 
 
 def make_importable(module_names: Iterable[str], search_path: Iterable[Path]) -> None:

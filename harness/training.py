@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from harness.contracts import Batch, Dataset, Model, TrainContext, TrainingHooks, TrainingSettings, TrainingState
+from harness.registry import import_reference
 from harness.resume import Loop, TrainingCheckpoints
 
 LossFunction = Callable[[Model, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -62,12 +62,14 @@ def warm_up() -> None:
 def make_optimizer(settings: TrainingSettings, parameters: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """The optimiser that ``settings`` name: a ``torch.optim`` class (``Adam`` with ``weight_decay``)
     or a plugin's own as ``"module:Class"``."""
-    module_name, colon, attribute = settings.optimizer.rpartition(":")
-    if colon:
+    if ":" in settings.optimizer:
         try:
-            optimizer_class = getattr(importlib.import_module(module_name), attribute, None)
+            optimizer_class = import_reference(settings.optimizer)
         except ImportError as exc:
+            module_name = settings.optimizer.partition(":")[0]
             raise ValueError(f"optimizer '{settings.optimizer}': cannot import {module_name} ({exc})") from exc
+        except AttributeError:
+            optimizer_class = None
     else:
         optimizer_class = getattr(torch.optim, settings.optimizer, None)
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):

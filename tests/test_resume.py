@@ -18,7 +18,7 @@ from harness.suite import parse_suite
 from harness.contracts import Batch, Model, TrainingHooks, TrainingSettings, TrainingState
 from harness.resume import KIND, TrainingCheckpoints, join_tensors, split_tensors
 from harness.testing import make_context, tiny_digits
-from harness.training import fit, seed_everything
+from harness.training import fit, make_optimizer, seed_everything
 
 
 class DropoutNet(Model):
@@ -147,6 +147,17 @@ def test_a_damaged_checkpoint_is_reported_and_the_training_restarts(tmp_path):
     fit(model, data, make_context(), [hook], checkpoints=store)
     assert hook.epochs_run == [0, 1, 2, 3]
     assert len(warnings) == 1 and "unusable" in warnings[0]
+
+
+def test_an_optimizer_named_by_reference(tmp_path):
+    settings = TrainingSettings(1, 8, 0.1, "torch.optim:SGD", {"momentum": 0.5})
+    optimizer = make_optimizer(settings, [nn.Parameter(torch.zeros(2))])
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.5
+    with pytest.raises(ValueError, match="optimizer 'no_such_module:SGD': cannot import no_such_module"):
+        make_optimizer(dataclasses.replace(settings, optimizer="no_such_module:SGD"), [])
+    for name in ("torch.optim:NoSuch", "torch.nn:Linear"):
+        with pytest.raises(ValueError, match=f"unknown optimizer '{name}'"):
+            make_optimizer(dataclasses.replace(settings, optimizer=name), [])
 
 
 def test_split_and_join_tensors_round_trip():
