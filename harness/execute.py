@@ -247,8 +247,8 @@ class Workspace:
             raise Skip(f"defense '{cell.defense.label}' needs {', '.join(missing)}, which model '{cell.model.label}' lacks")
         model = _built(defense.prepare(model), Model, f"defense '{cell.defense.label}' (prepare)")
         checkpoints = TrainingCheckpoints(
-            self.cache, config_hash(cell.resume_config), cell.resume_config, self.checkpoint_seconds,
-            keep_final=cell.resume_config != cell.training_config,
+            self.cache, cell.resume_key, cell.resume_config, self.checkpoint_seconds,
+            keep_final=cell.resume_key != cell.training_key,
         )  # fmt: skip
         ctx = self._context(cell, checkpoints)
         head = _head_keys(model)
@@ -256,7 +256,7 @@ class Workspace:
         train_seconds = self._load_backbone(cell, model, head)
         if train_seconds is None:
             # One lock for trainings that share checkpoints (a model's longer and shorter trainings).
-            with self.cache.exclusive(RESUME_KIND, config_hash(cell.resume_config)):
+            with self.cache.exclusive(RESUME_KIND, cell.resume_key):
                 if not cached:  # another process may have trained it while this one waited
                     train_seconds = self._load_backbone(cell, model, head)
                 if train_seconds is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.cache import ArtifactCache
 from harness.runner import pending_cells, read_previous, warn_on_stderr
-from harness.suite import Suite, config_hash
+from harness.suite import Suite
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def plan_run(
             cell.defense.label,
             cell.seed,
             cached := cache.path("models", cell.training_key).exists(),
-            not cached and bool(cache.keys("training", f"{config_hash(cell.resume_config)}-")),
+            not cached and bool(cache.keys("training", f"{cell.resume_key}-")),
         )
         for cell in pending
     }

@@ -182,6 +182,11 @@ class Cell:
         return {**self.training_config, "model": self.model.horizon_config, "horizon": self.model.component.horizon}
 
     @property
+    def resume_key(self) -> str:
+        """Names the training's checkpoints and the lock of the trainings that share them."""
+        return config_hash(self.resume_config)
+
+    @property
     def model_config(self) -> dict[str, Any]:
         return {**self.training_config, "evaluation": self.model.evaluation_params}
 
