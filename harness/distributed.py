@@ -127,6 +127,40 @@ def check_nodes(ray: Any, suite: Suite, settings: WorkerSettings) -> None:
         )
 
 
+class TaskQueue:
+    """Which task to start next, so that a slot never waits while work could run.
+
+    Trainings come first: they are the long tasks, and each one unblocks its group's sweeps. Two
+    trainings that share checkpoints (one ``resume_key``) never run at once: the second would hold
+    a slot while it waits on the first's lock. A sweep starts once its group's model is in the
+    cache, so it never holds a slot either.
+    """
+
+    def __init__(self, groups: Sequence[list[Cell]]) -> None:
+        self._untrained = list(groups)
+        self._training: set[str] = set()
+        self._ready: list[list[Cell]] = []
+
+    def __bool__(self) -> bool:
+        """Whether any task is still to start."""
+        return bool(self._untrained or self._ready)
+
+    def next(self) -> tuple[str, list[Cell]] | None:
+        """``("train", group)``, ``("attack", sweep)``, or None while nothing can start."""
+        for index, group in enumerate(self._untrained):
+            if group[0].resume_key not in self._training:
+                self._training.add(group[0].resume_key)
+                return "train", self._untrained.pop(index)
+        return ("attack", self._ready.pop(0)) if self._ready else None
+
+    def trained(self, group: list[Cell]) -> None:
+        """The group's training task ended: its sweeps (one per attack entry) may start."""
+        from harness.execute import grouped
+
+        self._training.discard(group[0].resume_key)
+        self._ready.extend(grouped(group, key=lambda cell: cell.attack.label))
+
+
 def compute(
     ray: Any,
     groups: Sequence[list[Cell]],
@@ -136,33 +170,33 @@ def compute(
     warn: Callable[[str], None],
 ) -> None:
     """Compute ``groups`` on Ray, handing each :class:`~harness.execute.CellResult` to
-    ``on_result`` as it arrives (in the driver). On an interruption, the tasks still running are
-    cancelled and the interruption is raised again, after the results that arrived."""
+    ``on_result`` as it arrives (in the driver). At most ``options.workers`` tasks run at once (by
+    default, as many as the cluster's CPUs took at the start), in the order of :class:`TaskQueue`. On an
+    interruption, the tasks still running are cancelled and the interruption is raised again,
+    after the results that arrived."""
     remote = {
         "num_cpus": options.cpus_per_task,
         "num_gpus": options.gpus_per_task,
         "max_retries": RETRIES,
         "retry_exceptions": False,
     }
-    from harness.execute import grouped
-
     train = ray.remote(**remote)(_train_group)
     attack = ray.remote(**remote)(_compute_cells)
-    pending: dict[Any, list[Cell]] = {}
-    limit = options.workers or None
-    queue = [(group, sweep) for group in groups for sweep in grouped(group, key=lambda cell: cell.attack.label)]
-    trained: dict[str, Any] = {}
+    limit = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1) / options.cpus_per_task))
+    queue = TaskQueue(groups)
+    running: dict[Any, tuple[str, list[Cell]]] = {}
     try:
-        while queue or pending:
-            while queue and (limit is None or len(pending) < limit):
-                group, sweep = queue.pop(0)
-                key = group[0].model_key
-                if key not in trained:
-                    trained[key] = train.remote(group[0], settings)
-                pending[attack.remote(sweep, settings, trained[key])] = sweep
-            done, _ = ray.wait(list(pending), num_returns=1)
+        while queue or running:
+            while len(running) < limit and (task := queue.next()) is not None:
+                kind, cells = task
+                future = (train if kind == "train" else attack).remote(cells if kind == "attack" else cells[0], settings)
+                running[future] = task
+            done, _ = ray.wait(list(running), num_returns=1)
             for future in done:
-                cells = pending.pop(future)
+                kind, cells = running.pop(future)
+                if kind == "train":
+                    queue.trained(cells)
+                    continue
                 results, environment = _results(ray, future, cells, warn)
                 for result in results:
                     if environment is None:
@@ -170,7 +204,7 @@ def compute(
                     else:
                         on_result(result, environment)
     except BaseException:
-        for future in [*pending, *trained.values()]:
+        for future in running:
             ray.cancel(future, force=True)
         raise
 
@@ -230,11 +264,9 @@ def _train_group(cell: Cell, settings: WorkerSettings) -> None:
         pass
 
 
-def _compute_cells(
-    cells: list[Cell], settings: WorkerSettings, _trained: None
-) -> tuple[list[Any], list[str], dict[str, str]]:
-    """One sweep's results, its model loaded from the cache (``_trained`` is the training task,
-    a dependency only), the warnings it raised and the node's environment for its rows."""
+def _compute_cells(cells: list[Cell], settings: WorkerSettings) -> tuple[list[Any], list[str], dict[str, str]]:
+    """One sweep's results, its model loaded from the cache (its training task has ended), the
+    warnings it raised and the node's environment for its rows."""
     from harness.execute import compute_group, environment_provenance
 
     warnings: list[str] = []
