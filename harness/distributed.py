@@ -189,8 +189,7 @@ def compute(
         while queue or running:
             while len(running) < limit and (task := queue.next()) is not None:
                 kind, cells = task
-                future = (train if kind == "train" else attack).remote(cells if kind == "attack" else cells[0], settings)
-                running[future] = task
+                running[train.remote(cells[0], settings) if kind == "train" else attack.remote(cells, settings)] = task
             done, _ = ray.wait(list(running), num_returns=1)
             for future in done:
                 kind, cells = running.pop(future)
