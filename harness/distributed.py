@@ -184,6 +184,7 @@ def compute(
     attack = ray.remote(**remote)(_compute_cells)
     limit = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1) / options.cpus_per_task))
     queue = TaskQueue(groups)
+    warn = _once(warn)
     running: dict[Any, tuple[str, list[Cell]]] = {}
     try:
         while queue or running:
@@ -195,6 +196,7 @@ def compute(
                 kind, cells = running.pop(future)
                 if kind == "train":
                     queue.trained(cells)
+                    _warn_training(ray, future, warn)
                     continue
                 results, environment = _results(ray, future, cells, warn)
                 for result in results:
@@ -206,6 +208,30 @@ def compute(
         for future in running:
             ray.cancel(future, force=True)
         raise
+
+
+def _once(warn: Callable[[str], None]) -> Callable[[str], None]:
+    """``warn`` that passes each message once: every task rebuilds a workspace, so a condition of
+    the data (a test split smaller than ``n_samples``) is reported by each task that meets it."""
+    seen: set[str] = set()
+
+    def warn_once(message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            warn(message)
+
+    return warn_once
+
+
+def _warn_training(ray: Any, future: Any, warn: Callable[[str], None]) -> None:
+    """Pass on the warnings of a training task (a checkpoint that would not load, a diverging
+    loss); a task that Ray gave up on says nothing here: its sweeps meet the failure again."""
+    try:
+        warnings = ray.get(future)
+    except Exception:
+        return
+    for message in warnings:
+        warn(message)
 
 
 def _results(
@@ -254,13 +280,16 @@ def _workspace(settings: WorkerSettings, warn: Callable[[str], None]) -> Any:
     )
 
 
-def _train_group(cell: Cell, settings: WorkerSettings) -> None:
-    """Train (or load) the cell's model and fit its head, into the shared cache; a failure is
-    left for the attack tasks, which meet it again (a skip too) and write it as their cells' rows."""
+def _train_group(cell: Cell, settings: WorkerSettings) -> list[str]:
+    """Train (or load) the cell's model and fit its head, into the shared cache, and return the
+    warnings that raised; a failure is left for the attack tasks, which meet it again (a skip
+    too) and write it as their cells' rows."""
+    warnings: list[str] = []
     try:
-        _workspace(settings, lambda message: None).trained(cell)
+        _workspace(settings, warnings.append).trained(cell)
     except Exception:
         pass
+    return warnings
 
 
 def _compute_cells(cells: list[Cell], settings: WorkerSettings) -> tuple[list[Any], list[str], dict[str, str]]:

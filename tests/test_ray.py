@@ -187,3 +187,32 @@ def test_a_node_with_other_plugin_code_is_refused_before_any_work(in_process):
     assert "10.0.0.1" not in message and len(message.splitlines()) == 1
     assert "node 10.0.0.2: attack 'fgsm'" in message and "(source 0123456789abcdef)" in message
     assert "node 10.0.0.2: attack 'pgd'" in message and "the node lacks it" in message
+
+
+def test_a_training_tasks_warning_reaches_the_driver_once(in_process, tmp_path, capsys):
+    """A cached model that does not fit is retrained with a warning, which the training task
+    raises on its worker: the driver prints it once, not once per task that meets it."""
+    import shutil
+
+    import torch
+
+    from harness.cache import ArtifactCache
+    from harness.plugins import load_plugins
+    from harness.suite import parse_suite, read_suite_file
+
+    suite_path, cache_dir = in_process
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir, cache)
+    suite = parse_suite(read_suite_file(suite_path), suite_path, load_plugins())
+    mlp = next(cell for cell in suite.cells() if cell.model.label == "mlp" and cell.seed == 0)
+    artifacts = ArtifactCache(cache, warn=print)
+    entry = artifacts.load("models", mlp.training_key, mlp.training_config)
+    artifacts.save("models", mlp.training_key, mlp.training_config, {"stray": torch.zeros(2)},
+                   train_seconds=entry.meta["train_seconds"])
+    code = main(["run", str(suite_path), "--cache-dir", str(cache), "--output", str(tmp_path / "ray.csv"),
+                 "--executor", "ray", "--workers", "2"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0
+    assert err.count("does not fit the model's structure; retraining") == 1, err
+    ours, reference = read_leaderboard(tmp_path / "ray.csv"), read_leaderboard(suite_path.with_suffix(".csv"))
+    pd.testing.assert_frame_equal(ours[RESULTS[:-1]], reference[RESULTS[:-1]])  # one model retrained: its time
