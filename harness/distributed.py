@@ -308,10 +308,14 @@ def _identities(suite: Suite) -> dict[tuple[str, str], tuple[str, str, str]]:
     distribution, version and source (a factory given as an object travels with the tasks)."""
     entries = [*suite.datasets, *suite.models, *suite.defenses, *suite.attacks, *suite.metrics]
     components = [e.component for e in entries] + [c for e in entries for c in e.uses.values()]
-    return {(c.kind, c.name): (c.distribution, c.version, c.fingerprint) for c in components if isinstance(c.factory, str)}
+    return {
+        (c.kind, c.name): (c.distribution, c.version, c.fingerprint) for c in components if isinstance(c.factory, str)
+    }
 
 
-def _node_identities(settings: WorkerSettings, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str, str]]:
+def _node_identities(
+    settings: WorkerSettings, wanted: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, str, str]]:
     from harness.plugins import load_plugins
 
     registry: Registry = load_plugins(settings.plugins, [Path(p) for p in settings.search_path])

@@ -49,7 +49,9 @@ def main() -> None:
     registry = load_plugins()
     suite = parse_suite(tomllib.loads(args.suite.read_text()), args.suite, registry)
     cache = ArtifactCache(args.cache_dir, print)
-    workspace = Workspace(registry, resolve_device("cpu"), cache, args.data_dir, suite.batch_size, lambda it, _: it, print)
+    workspace = Workspace(
+        registry, resolve_device("cpu"), cache, args.data_dir, suite.batch_size, lambda it, _: it, print
+    )
     rows, seen = [], set()
     for cell in suite.cells():
         if cell.model.component.name != "scae" or cell.training_key in seen:

@@ -130,13 +130,17 @@ def test_bad_input_is_one_line_and_exit_2(in_process, tmp_path, capsys):
     code = main(["run", str(suite), "--cache-dir", str(cache), "--output", str(tmp_path / "x.csv"),
                  "--executor", "ray", "--address", "127.0.0.1:9"])  # fmt: skip
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == "harness: error: cannot reach the Ray cluster at 127.0.0.1:9: nothing answers there (Connection refused)"
+    assert code == 2
+    assert err == (
+        "harness: error: cannot reach the Ray cluster at 127.0.0.1:9: nothing answers there (Connection refused)"
+    )
 
 
 def test_without_the_extra_the_executor_is_one_line_and_exit_2(in_process, tmp_path, capsys, monkeypatch):
     suite, cache = in_process
     monkeypatch.setitem(sys.modules, "ray", None)  # what an import of a package not installed meets
-    code = main(["run", str(suite), "--cache-dir", str(cache), "--output", str(tmp_path / "x.csv"), "--executor", "ray"])
+    code = main(["run", str(suite), "--cache-dir", str(cache), "--output", str(tmp_path / "x.csv"),
+                 "--executor", "ray"])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "harness: error: --executor ray needs Ray: pip install 'robustness-harness[ray]'"
 

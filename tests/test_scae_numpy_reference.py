@@ -93,7 +93,8 @@ def part_capsules(w, image, n_caps, strides=(2, 2, 1, 1)):
     """``CapsuleImageEncoder`` (conv_att) for one image (C, H, W): poses (M, 6), features, presences."""
     h = image
     for index, stride in enumerate(strides):
-        h = np.maximum(conv_valid(h, w[f"part_encoder.cnn.{2 * index}.weight"], w[f"part_encoder.cnn.{2 * index}.bias"], stride), 0)
+        layer = f"part_encoder.cnn.{2 * index}"
+        h = np.maximum(conv_valid(h, w[f"{layer}.weight"], w[f"{layer}.bias"], stride), 0)
     h = h + w["part_encoder.bias"]
     h = conv_valid(h, w["part_encoder.values.weight"], w["part_encoder.values.bias"], 1)  # 1x1
     channels = h.reshape(h.shape[0], -1)  # (D * M + M, HW)
