@@ -133,7 +133,9 @@ class TaskQueue:
     Trainings come first: they are the long tasks, and each one unblocks its group's sweeps. Two
     trainings that share checkpoints (one ``resume_key``) never run at once: the second would hold
     a slot while it waits on the first's lock. A sweep starts once its group's model is in the
-    cache, so it never holds a slot either.
+    cache, so it never holds a slot either. What the queue cannot see is a training that needs
+    another group's model (a defense's teacher, a transfer attack's surrogate): it waits on that
+    model's lock, holding its slot, if the two start together.
     """
 
     def __init__(self, groups: Sequence[list[Cell]]) -> None:
